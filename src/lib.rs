@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod copy;
 pub mod error;
+pub mod frame;
 pub mod handshake;
 pub mod lines;
 pub mod net;
