@@ -5,4 +5,5 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod duration;
 pub mod signal;
