@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod copy;
+pub mod duration;
 pub mod error;
 pub mod frame;
 pub mod handshake;
