@@ -136,7 +136,8 @@ impl Server {
         let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
         let u = smol::spawn(accept_users(inner.clone(), users));
         inner.shutdown.wait().await;
-        drop((t.cancel().await, u.cancel().await));
+        t.cancel().await;
+        u.cancel().await;
         if let Some(s) = inner.current() {
             s.close();
         }
