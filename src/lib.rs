@@ -4,6 +4,7 @@
 //! integration tests call the same entry points in-process.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod signal;
