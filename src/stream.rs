@@ -54,10 +54,7 @@ impl Conn {
     /// no TLS close_notify) and no socket error. Does not block.
     pub fn idle_ok(&self) -> bool {
         let mut b = [0u8; 1];
-        match self.tcp().get_ref().peek(&mut b) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.tcp().get_ref().peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Whether this connection is TLS.
@@ -79,13 +76,21 @@ macro_rules! delegate {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
