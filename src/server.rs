@@ -214,6 +214,12 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     drop(pending);
     let (mut conn, hello) = match res {
         Ok(x) => x,
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Port probes and health checks connect and leave without a byte: not worth a warning.
+            inner.stats.bad_peers.fetch_add(1, Relaxed);
+            log::debug!("tunnel: {peer} closed before authenticating");
+            return;
+        }
         Err(e) => {
             inner.stats.bad_peers.fetch_add(1, Relaxed);
             log::warn!("tunnel: {peer} refused: {e}");
