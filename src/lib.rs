@@ -73,6 +73,9 @@ pub struct Node {
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
+    if cfg.key.is_none() {
+        log::warn!("no key in the URL: the key is the tunnel port number, which anyone can guess");
+    }
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::new(cfg.slot.saturating_mul(2), cfg.tuning.tcp_buf)?;
