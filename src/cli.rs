@@ -43,7 +43,7 @@ pub enum CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage { part, reason } => write!(f, "{reason}: `{part}` (see --help)"),
+            CliError::Usage { part, reason } => write!(f, "{reason}: `{part}`"),
             CliError::Config(e) => e.fmt(f),
         }
     }

@@ -408,7 +408,12 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
         }
         return;
     };
-    let Some(mut pc) = take_pool(&inner).await else {
+    // No pool connection comes after a stop: give up at once rather than hold the drain.
+    let stopping = async {
+        inner.shutdown.wait().await;
+        None
+    };
+    let Some(mut pc) = take_pool(&inner).or(stopping).await else {
         inner.stats.refused.fetch_add(1, Relaxed);
         if inner.refusals.allow() {
             log::warn!("user {peer} refused: no pool connection from the client in {wait:?}");
