@@ -375,7 +375,11 @@ async fn dial_target(inner: &Inner) -> Result<Conn> {
 /// `proxy=1|2`: the PROXY header for `user`, sent before any user byte. The destination is
 /// the address the target connection points at (the client does not know which address the
 /// user dialed on the server).
-async fn send_proxy_header(mode: u8, target: &mut Conn, user: std::net::SocketAddr) -> Result<()> {
+pub(crate) async fn send_proxy_header(
+    mode: u8,
+    target: &mut Conn,
+    user: std::net::SocketAddr,
+) -> Result<()> {
     if mode == 0 {
         return Ok(());
     }

@@ -102,17 +102,15 @@ impl Dialer {
             Some(ip) if !self.fallback.load(Relaxed) && ip.is_ipv4() == addr.is_ipv4() => ip,
             _ => return net::connect(addr, self.timeout).await,
         };
-        let sock = match bound_socket(addr, src) {
-            Ok(s) => s,
-            Err(e) => {
-                if !self.fallback.swap(true, Relaxed) {
-                    log::warn!(
-                        "dial={src}: cannot bind that address ({e}); letting the system choose from now on"
-                    );
-                }
-                return net::connect(addr, self.timeout).await;
+        let sock = new_socket(addr)?;
+        if let Err(e) = rustix::net::bind(&sock, &SocketAddr::new(src, 0)) {
+            if !self.fallback.swap(true, Relaxed) {
+                log::warn!(
+                    "dial={src}: cannot bind that address ({e}); letting the system choose from now on"
+                );
             }
-        };
+            return net::connect(addr, self.timeout).await;
+        }
         async { finish_connect(sock, addr).await.map_err(Error::Io) }
             .or(async {
                 Timer::after(self.timeout).await;
@@ -122,8 +120,8 @@ impl Dialer {
     }
 }
 
-/// A non-blocking TCP socket of `addr`'s family bound to `(src, 0)`.
-fn bound_socket(addr: SocketAddr, src: IpAddr) -> io::Result<TcpStream> {
+/// A non-blocking TCP socket of `addr`'s family, not yet bound.
+fn new_socket(addr: SocketAddr) -> io::Result<TcpStream> {
     let fam = if addr.is_ipv4() {
         AddressFamily::INET
     } else {
@@ -132,7 +130,6 @@ fn bound_socket(addr: SocketAddr, src: IpAddr) -> io::Result<TcpStream> {
     let fd = rustix::net::socket(fam, SocketType::STREAM, None)?;
     let s = TcpStream::from(fd);
     s.set_nonblocking(true)?;
-    rustix::net::bind(&s, &SocketAddr::new(src, 0))?;
     Ok(s)
 }
 
