@@ -11,17 +11,20 @@ use smol::Timer;
 
 use crate::arena::Arena;
 use crate::auth::Key;
-use crate::config::{Config, HostPort};
+use crate::config::Config;
 use crate::control::{Control, End, Handler};
 use crate::copy;
+use crate::dialer::Dialer;
 use crate::error::{Error, ProtoError, Result};
 use crate::handshake;
 use crate::lines::LineReader;
-use crate::net;
+use crate::proxy;
+use crate::rate::Limits;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+use crate::targets::Targets;
 use crate::util::{backoff, RateLimit};
 
 /// Pool tick adjustment step (NodePass's rule).
@@ -35,8 +38,12 @@ pub(crate) struct Inner {
     shutdown: Shutdown,
     /// The TLS mode learned from the server (0 until told otherwise).
     tls: AtomicU8,
-    /// Round-robin position among the targets.
-    next_target: AtomicUsize,
+    /// Outgoing connections (`dial=`, `dns=`).
+    dialer: Dialer,
+    /// The targets, round robin with failover.
+    targets: Targets,
+    /// `rate=`: the process's token buckets.
+    limits: Option<Limits>,
     warn: RateLimit,
 }
 
@@ -62,13 +69,15 @@ impl Client {
         let tls = AtomicU8::new(0);
         Client {
             inner: Arc::new(Inner {
-                cfg,
                 key,
                 stats,
                 arena,
                 shutdown,
                 tls,
-                next_target: AtomicUsize::new(0),
+                dialer: Dialer::new(&cfg),
+                targets: Targets::new(cfg.targets.clone()),
+                limits: Limits::new(cfg.rate),
+                cfg,
                 warn: RateLimit::new(Duration::from_secs(5)),
             }),
         }
@@ -116,7 +125,7 @@ impl Client {
 /// Dial the server and bring up the transport the server uses. Returns the connection, its
 /// TLS mode and the certificate fingerprint seen.
 async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
-    let tcp = net::dial(&inner.cfg.tunnel, inner.cfg.tuning.dial_timeout).await?;
+    let tcp = inner.dialer.dial(&inner.cfg.tunnel).await?;
     let mode = inner.tls.load(Relaxed);
     if mode != 0 {
         return Err(Error::Tls(format!(
@@ -328,6 +337,10 @@ async fn serve_tcp(
             return;
         }
     };
+    if let Err(e) = send_proxy_header(inner.cfg.proxy, &mut target, peer).await {
+        log::debug!("client: user {peer}: PROXY header not sent: {e}");
+        return;
+    }
     let early = lines.leftover();
     if !early.is_empty() {
         if let Err(e) = target.write_all(early).await {
@@ -338,12 +351,13 @@ async fn serve_tcp(
     }
     log::debug!("client: user {peer} on pool connection {id}");
     let st = &inner.stats;
-    match copy::bidi(
+    match copy::bidi_limited(
         &mut conn,
         &mut target,
         (b1, b2),
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
+        inner.limits.as_ref(),
     )
     .await
     {
@@ -354,18 +368,24 @@ async fn serve_tcp(
 
 /// Dial the targets round robin, skipping any that fail (failover).
 async fn dial_target(inner: &Inner) -> Result<Conn> {
-    let targets: &[HostPort] = &inner.cfg.targets;
-    let start = inner.next_target.fetch_add(1, Relaxed);
-    let mut last = Error::Timeout("no target");
-    for i in 0..targets.len() {
-        let t = &targets[(start + i) % targets.len()];
-        match net::dial(t, inner.cfg.tuning.dial_timeout).await {
-            Ok(s) => return Ok(Conn::Plain(s)),
-            Err(e) => {
-                log::debug!("client: target {t} failed: {e}");
-                last = e;
-            }
-        }
+    let (s, _) = inner.targets.dial(&inner.dialer).await?;
+    Ok(Conn::Plain(s))
+}
+
+/// `proxy=1|2`: the PROXY header for `user`, sent before any user byte. The destination is
+/// the address the target connection points at (the client does not know which address the
+/// user dialed on the server).
+pub(crate) async fn send_proxy_header(
+    mode: u8,
+    target: &mut Conn,
+    user: std::net::SocketAddr,
+) -> Result<()> {
+    if mode == 0 {
+        return Ok(());
     }
-    Err(last)
+    let dst = target.peer_addr()?;
+    if let Some(h) = proxy::Header::new(mode, user, dst) {
+        target.write_all(h.bytes()).await?;
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ use crate::error::{Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
 use crate::lines::{send, LineReader};
 use crate::net;
+use crate::rate::Limits;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
@@ -79,6 +80,8 @@ pub(crate) struct Inner {
     session: Mutex<Option<Arc<Session>>>,
     pending: AtomicUsize,
     refusals: RateLimit,
+    /// `rate=`: the process's token buckets.
+    limits: Option<Limits>,
 }
 
 impl Inner {
@@ -114,6 +117,7 @@ impl Server {
         let users = net::listen(target, t).await?;
         let key = Key::new(&cfg.key_bytes());
         let inner = Arc::new(Inner {
+            limits: Limits::new(cfg.rate),
             cfg,
             key,
             stats,
@@ -427,12 +431,13 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     log::debug!("user {peer} on pool connection {}", pc.id);
     let mut user = Conn::Plain(s);
     let st = &inner.stats;
-    match copy::bidi(
+    match copy::bidi_limited(
         &mut user,
         &mut pc.conn,
         (b1, b2),
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
+        inner.limits.as_ref(),
     )
     .await
     {
