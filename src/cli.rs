@@ -73,6 +73,7 @@ USAGE:
 
 ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
     server  accepts one client on the tunnel address, serves users on the target address
+            (TCP and UDP on the same port; each UDP source address is one flow)
             edgepass 'server://secret@:10101/127.0.0.1:8080?tls=1'
     client  dials the server (or a relay) and forwards to the local target(s)
             edgepass 'client://secret@vps.example.com:10101/127.0.0.1:8080'
@@ -89,11 +90,11 @@ QUERY KEYS (default in brackets):
     log=none|debug|info|warn|error|event [info]   tls=0|1|2 plain|self-signed|files [0]
     crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay)
     ca=FILE sni=NAME   roots and name the client verifies with tls=2
-    min=N [4]  max=N [64]  warm pool size    slot=N [1024]  concurrent sessions
+    min=N [4]  max=N [64]  warm pool size    slot=N [1024]  TCP users + UDP flows
     read=DUR [0=none]  idle timeout          rate=MBIT [0=unlimited]
     mode=0|1|2 [0]     0 auto, see NodePass  proxy=0|1|2 [0]  PROXY v1/v2 header to target
     dial=IP|auto       source address        dns=DUR [5m]  re-resolve host names
-    notcp=0|1 [0]  noudp=0|1 [0]             name=NAME  reservation (1-63 of A-Za-z0-9._-)
+    notcp=0|1 [0]  noudp=0|1 [0]  protocol off  name=NAME  reservation (1-63 of A-Za-z0-9._-)
   relay:
     max-conns=N [1000]  max-reservations=N [128]  max-per-ip=N [8]  max-circuits=N [16]
     circuit-duration=DUR [0=unlimited]  circuit-bytes=N [0=unlimited]  ttl=DUR [1h]
