@@ -257,6 +257,9 @@ async fn run_flow(
                 tuning.pool_get_timeout
             );
         }
+        Err(Error::Io(e)) if e.kind() != io::ErrorKind::InvalidData => {
+            log::debug!("udp: flow {src} ended: {e}")
+        }
         Err(e) => log::warn!("udp: flow {src} ended: {e}"),
     }
 }
@@ -321,7 +324,11 @@ pub(crate) async fn serve_client(
             "client: UDP flow {peer} ended after {:?} idle",
             tuning.udp_read_timeout
         ),
-        Err(e) => log::warn!("client: UDP flow {peer} ended: {e}"),
+        // A broken frame stream is the peer's fault: say so. A reset is how flows end too.
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            log::warn!("client: UDP flow {peer} closed: {e}")
+        }
+        Err(e) => log::debug!("client: UDP flow {peer} ended: {e}"),
     }
 }
 

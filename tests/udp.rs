@@ -41,6 +41,22 @@ fn udp_echo_at(addr: SocketAddr) -> (SocketAddr, Task<()>) {
     (addr, task)
 }
 
+/// A UDP target on 127.0.0.1:0 that answers each datagram with it twice over.
+fn udp_doubler() -> (SocketAddr, Task<()>) {
+    let s = Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).expect("bind udp doubler");
+    let addr = s.get_ref().local_addr().expect("addr");
+    let task = smol::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Ok((n, from)) = s.recv_from(&mut buf).await {
+                let twice = [&buf[..n], &buf[..n]].concat();
+                let _ = s.send_to(&twice, from).await;
+            }
+        }
+    });
+    (addr, task)
+}
+
 /// A role started from `url` with `env` as its environment; also its UDP arena.
 async fn start_env(url: &str, env: &[(&str, &str)]) -> (Running, Option<Arc<Arena>>) {
     let env: Vec<(String, String)> = env
@@ -282,6 +298,58 @@ fn oversize_datagrams_are_dropped_and_counted() {
         wait_until("another drop", || stats.udp_dropped.load(Relaxed) == 2).await;
         echo(&s, b"small", "after the drop").await;
         assert_eq!(stats.udp_rx.get(), 1024 + 5);
+    });
+}
+
+#[test]
+fn oversize_replies_are_dropped_on_the_client() {
+    smol::block_on(async {
+        let (target, _doubler) = udp_doubler();
+        let env = [("UDP_DATA_BUF_SIZE", "1024")];
+        let t = udp_tunnel(target, ("", ""), &env).await;
+        let s = user(t.public);
+        s.send(&[7u8; 600]).await.expect("send");
+        let cs = t.client.stats.clone();
+        wait_until("the reply dropped", || cs.udp_dropped.load(Relaxed) == 1).await;
+        s.send(b"ok").await.expect("send");
+        let mut buf = [0u8; 2048];
+        let n = recv(&s, &mut buf, REPLY_WAIT)
+            .await
+            .expect("reply to the small one");
+        assert_eq!(
+            &buf[..n],
+            b"okok",
+            "the 1200-byte reply never arrives, not even cut"
+        );
+    });
+}
+
+#[test]
+fn an_oversize_frame_closes_the_flow() {
+    smol::block_on(async {
+        let (target, _echo) = udp_echo();
+        // The server carries 2000-byte datagrams; the client allows 1024-byte frames only.
+        let url = "server://k@127.0.0.1:0/127.0.0.1:0";
+        let (server, _) = start_env(url, &[]).await;
+        let tunnel = server.tunnel.expect("tunnel addr");
+        let url = format!("client://k@{tunnel}/{target}");
+        let (client, _) = start_env(&url, &[("UDP_DATA_BUF_SIZE", "1024")]).await;
+        let (ss, cs) = (server.stats.clone(), client.stats.clone());
+        wait_until("a warm pool", || cs.pool_idle.load(Relaxed) > 0).await;
+        let s = user(server.public.expect("public"));
+        s.send(&[1u8; 2000]).await.expect("send");
+        wait_until("the flow to close on both sides", || {
+            ss.udp_rx.get() == 2000
+                && ss.udp_active.load(Relaxed) == 0
+                && cs.udp_active.load(Relaxed) == 0
+        })
+        .await;
+        assert_eq!(
+            cs.udp_rx.get(),
+            0,
+            "nothing of the bad frame reached the target"
+        );
+        echo(&s, b"next flow", "after the protocol error").await;
     });
 }
 
