@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use smol::future::{yield_now, FutureExt};
+use smol::io::AsyncWriteExt;
 use smol::Async;
 
 pub use relay::{buf_len, lock, Meters, Push, Queue, Relay, Source};
@@ -32,7 +33,6 @@ use crate::arena::{Arena, Lease};
 use crate::client;
 use crate::config::HostPort;
 use crate::error::{Error, Result};
-use crate::lines::send;
 use crate::net;
 use crate::server::{self, take_pool};
 use crate::signal::Signal;
@@ -48,6 +48,8 @@ const BIND_TRIES: usize = 16;
 /// and bursts of large datagrams overflow the usual 208 KiB default. The kernel caps it at
 /// `net.core.rmem_max`, and it costs memory only while datagrams wait.
 const SERVER_RCVBUF: usize = 1 << 20;
+/// Largest opening write: the `udp` line plus the datagrams queued while it was set up.
+const OPENING_WRITE: usize = 2048;
 /// At most one log line per this period about dropped datagrams.
 const DROP_LOG_PERIOD: Duration = Duration::from_secs(1);
 
@@ -199,14 +201,18 @@ async fn run_flow(
         let Some(mut pc) = take_pool(&inner).await else {
             return Err(Error::Timeout("a pool connection"));
         };
-        send(
-            &mut pc.conn,
-            &Signal::Udp {
-                id: pc.id,
-                peer: src,
-            },
-        )
-        .await?;
+        // The line and the datagrams queued meanwhile go out in one write (one segment),
+        // if they are small: a DNS query is answered a round trip sooner.
+        let mut first = Vec::with_capacity(OPENING_WRITE);
+        let line = Signal::Udp {
+            id: pc.id,
+            peer: src,
+        };
+        first.extend_from_slice(&line.encode());
+        lock(&flow.queue).take_into(&mut first, OPENING_WRITE);
+        pc.conn.write_all(&first).await?;
+        pc.conn.flush().await?;
+        drop(first);
         log::debug!("udp: flow {src} on pool connection {}", pc.id);
         let st = &inner.stats;
         let meters = Meters {

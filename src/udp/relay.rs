@@ -96,6 +96,18 @@ impl Queue {
         Push::Queued
     }
 
+    /// Move the queued frames to the end of `out` if they all fit, so that a flow's opening
+    /// line and its first datagrams leave in one write. Returns whether they were moved.
+    pub fn take_into(&mut self, out: &mut Vec<u8>, room: usize) -> bool {
+        let queued = &self.buf[self.pos..self.len];
+        if out.len() + queued.len() > room {
+            return false;
+        }
+        out.extend_from_slice(queued);
+        (self.pos, self.len) = (0, 0);
+        true
+    }
+
     /// Refuse further datagrams (the flow is ending).
     pub fn close(&mut self) {
         self.closed = true;
@@ -393,6 +405,17 @@ mod tests {
         assert_eq!(&q.buf[..q.len], b"\x00\x00\x00\x03xyz");
         q.close();
         assert_eq!(q.push(b"late"), Push::Closed);
+    }
+
+    #[test]
+    fn queued_frames_join_the_opening_line_if_they_fit() {
+        let mut q = queue(64);
+        assert_eq!(q.push(b"hi"), Push::Queued);
+        let mut out = b"udp 1 1.2.3.4:5\n".to_vec();
+        assert!(!q.take_into(&mut out, 19), "16 + 4 > 19");
+        assert!(q.take_into(&mut out, 20));
+        assert_eq!(out, b"udp 1 1.2.3.4:5\n\x00\x02hi");
+        assert_eq!((q.pos, q.len), (0, 0));
     }
 
     #[test]
