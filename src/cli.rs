@@ -73,6 +73,7 @@ USAGE:
 
 ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
     server  accepts one client on the tunnel address, serves users on the target address
+            (TCP and UDP on the same port; each UDP source address is one flow)
             edgepass 'server://secret@:10101/127.0.0.1:8080?tls=1'
     client  dials the server (or a relay) and forwards to the local target(s)
             edgepass 'client://secret@vps.example.com:10101/127.0.0.1:8080'
@@ -91,7 +92,7 @@ QUERY KEYS (default in brackets):
     log=none|debug|info|warn|error|event [info]   tls=0|1|2 plain|self-signed|files [0]
     crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay)
     ca=FILE sni=NAME   roots and name the client verifies with tls=2
-    min=N [4]  max=N [64]  warm pool size    slot=N [1024]  concurrent sessions, more refused
+    min=N [4]  max=N [64]  warm pool size    slot=N [1024]  TCP users + UDP flows, more refused
     read=DUR [0=none]  idle timeout          mode=0|1|2 [0]  0 auto, see NodePass
     rate=MBIT [0=unlimited]  token bucket per direction, shared by the process's connections
     proxy=0|1|2 [0]    PROXY v1 (text) / v2 (binary) header with the user's address, sent
@@ -99,7 +100,7 @@ QUERY KEYS (default in brackets):
     dial=IP|auto [auto]  source address of the client's dials (server and targets); falls
                        back to auto, with a warning, once IP cannot be bound
     dns=DUR [5m]       cache host name lookups for DUR, then look up again (0: every dial)
-    notcp=0|1 [0]  noudp=0|1 [0]             name=NAME  reservation (1-63 of A-Za-z0-9._-)
+    notcp=0|1 [0]  noudp=0|1 [0]  protocol off  name=NAME  reservation (1-63 of A-Za-z0-9._-)
     Targets a,b,c: round robin; one that fails is skipped for 10s while others work.
   relay:
     max-conns=N [1000]  max-reservations=N [128]  max-per-ip=N [8]  max-circuits=N [16]

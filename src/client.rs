@@ -31,20 +31,24 @@ use crate::util::{backoff, RateLimit};
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
 pub(crate) struct Inner {
-    cfg: Config,
+    pub cfg: Config,
     key: Key,
-    stats: Arc<Stats>,
+    pub stats: Arc<Stats>,
     arena: Arc<Arena>,
-    shutdown: Shutdown,
+    /// Buffers for UDP flows (`None`: UDP off).
+    pub udp_arena: Option<Arc<Arena>>,
+    pub shutdown: Shutdown,
     /// The TLS mode learned from the server (0 until told otherwise).
     tls: AtomicU8,
     /// Outgoing connections (`dial=`, `dns=`).
-    dialer: Dialer,
+    pub dialer: Dialer,
     /// The targets, round robin with failover.
-    targets: Targets,
+    pub targets: Targets,
     /// `rate=`: the process's token buckets.
-    limits: Option<Limits>,
-    warn: RateLimit,
+    pub limits: Option<Limits>,
+    pub warn: RateLimit,
+    /// Round-robin position among the targets for UDP flows.
+    pub next_udp: AtomicUsize,
 }
 
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
@@ -55,6 +59,10 @@ struct Pool {
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
+    /// TCP forwarded: the server offers it and `notcp` is not set here.
+    tcp: bool,
+    /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
+    udp: bool,
 }
 
 /// A client, ready to run.
@@ -63,8 +71,14 @@ pub struct Client {
 }
 
 impl Client {
-    /// Prepare a client; nothing is dialed until [`Client::run`].
-    pub fn new(cfg: Config, stats: Arc<Stats>, arena: Arc<Arena>, shutdown: Shutdown) -> Client {
+    /// Prepare a client; nothing is dialed until [`Client::run`]. UDP flows lease their
+    /// buffers from `udp_arena` (`None`: UDP off).
+    pub fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
+        shutdown: Shutdown,
+    ) -> Client {
         let key = Key::new(&cfg.key_bytes());
         let tls = AtomicU8::new(0);
         Client {
@@ -72,6 +86,7 @@ impl Client {
                 key,
                 stats,
                 arena,
+                udp_arena,
                 shutdown,
                 tls,
                 dialer: Dialer::new(&cfg),
@@ -79,6 +94,7 @@ impl Client {
                 limits: Limits::new(cfg.rate),
                 cfg,
                 warn: RateLimit::new(Duration::from_secs(5)),
+                next_udp: AtomicUsize::new(0),
             }),
         }
     }
@@ -158,15 +174,25 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
             Err(Error::Timeout("session reply"))
         })
         .await?;
-    let (sid, max) = match reply {
-        Signal::Session { sid, max, .. } => (sid, max as usize),
+    let (sid, max, tcp, udp) = match reply {
+        Signal::Session {
+            sid, max, tcp, udp, ..
+        } => (sid, max as usize, tcp, udp),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected session").into()),
     };
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
+    let tcp = tcp && !inner.cfg.notcp;
+    let udp = udp && inner.udp_arena.is_some();
+    let proto = match (tcp, udp) {
+        (true, true) => "TCP and UDP",
+        (true, false) => "TCP",
+        (false, true) => "UDP",
+        (false, false) => "nothing",
+    };
     log::info!(
-        "client: session up with {} (pool {min}..{max})",
+        "client: session up with {} (pool {min}..{max}, forwarding {proto})",
         inner.cfg.tunnel
     );
     let pool = Arc::new(Pool {
@@ -175,6 +201,8 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
         used: AtomicUsize::new(0),
+        tcp,
+        udp,
     });
     let mgr = PoolManager {
         inner: inner.clone(),
@@ -292,13 +320,10 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         .stats
         .pool_idle
         .store(pool.idle.fetch_sub(1, Relaxed) - 1, Relaxed);
-    let peer = match first {
+    let (udp, peer) = match first {
         None => return,
-        Some(Ok(Signal::Tcp { id: got, peer })) if got == id => peer,
-        Some(Ok(Signal::Udp { .. })) => {
-            log::warn!("client: UDP flow refused: UDP is not supported by this build");
-            return;
-        }
+        Some(Ok(Signal::Tcp { id: got, peer })) if got == id => (false, peer),
+        Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer),
         Some(Ok(other)) => {
             log::warn!("client: pool connection {id}: unexpected {other:?}, closed");
             return;
@@ -308,7 +333,20 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             return;
         }
     };
+    if (udp && !pool.udp) || (!udp && !pool.tcp) {
+        let what = if udp { "UDP" } else { "TCP" };
+        inner.stats.refused.fetch_add(1, Relaxed);
+        if inner.warn.allow() {
+            log::warn!("client: {what} user {peer} refused: {what} is off on this tunnel");
+        }
+        return;
+    }
     pool.used.fetch_add(1, Relaxed);
+    #[cfg(feature = "udp")]
+    if udp {
+        crate::udp::serve_client(&inner, conn, lines.leftover(), id, peer).await;
+        return;
+    }
     serve_tcp(&inner, conn, &lines, id, peer).await;
 }
 

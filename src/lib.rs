@@ -38,6 +38,8 @@ pub mod signal;
 pub mod stats;
 pub mod stream;
 pub mod targets;
+#[cfg(feature = "udp")]
+pub mod udp;
 pub mod util;
 
 use std::net::SocketAddr;
@@ -53,6 +55,10 @@ use crate::error::{Error, Result};
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+
+/// Buffers in the UDP arena at most (two per concurrent flow): 512 x 64 KiB = 32 MiB of
+/// address space, committed only while flows use it.
+const MAX_UDP_FLOW_BUFFERS: usize = 512;
 
 /// How often a draining shutdown looks at the number of open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -71,6 +77,7 @@ pub struct Node {
     shutdown_timeout: Duration,
     stats: Arc<Stats>,
     arena: Arc<Arena>,
+    udp_arena: Option<Arc<Arena>>,
     shutdown: Shutdown,
     tunnel: Option<SocketAddr>,
     public: Option<SocketAddr>,
@@ -84,6 +91,17 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::new(cfg.slot.saturating_mul(2), cfg.tuning.tcp_buf)?;
+    // Two per UDP flow as well (datagrams towards the tunnel, frames from it), each large
+    // enough for the largest datagram; like the TCP arena, pages are committed only when used.
+    let udp_arena = if udp_enabled(&cfg) {
+        // Two buffers per flow, for at most MAX_UDP_FLOW_BUFFERS / 2 flows at once: 64 KiB
+        // datagrams make a slot-sized UDP arena needlessly large on a router.
+        let count = cfg.slot.saturating_mul(2).min(MAX_UDP_FLOW_BUFFERS);
+        Some(Arena::new(count, udp_buf_len(&cfg))?)
+    } else {
+        None
+    };
+    let bufs = (arena.clone(), udp_arena.clone());
     let (log, report, drain) = (
         cfg.log,
         cfg.tuning.report_interval,
@@ -91,12 +109,12 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     );
     let (role, tunnel, public, mode) = match cfg.role {
         Role::Server => {
-            let s = Server::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let s = Server::bind(cfg, stats.clone(), bufs, shutdown.clone()).await?;
             let (t, p) = (s.tunnel_addr()?, s.public_addr()?);
             (Role_::Server(s), Some(t), Some(p), 1)
         }
         Role::Client => {
-            let c = Client::new(cfg, stats.clone(), arena.clone(), shutdown.clone());
+            let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
             (Role_::Client(c), None, None, 2)
         }
         Role::Relay | Role::Visit => return Err(Error::Unsupported("the relay and visit roles")),
@@ -109,10 +127,26 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         shutdown_timeout: drain,
         stats,
         arena,
+        udp_arena,
         shutdown,
         tunnel,
         public,
     })
+}
+
+/// Whether this role forwards UDP: built with the `udp` feature and not `noudp=1`.
+pub(crate) fn udp_enabled(cfg: &Config) -> bool {
+    cfg!(feature = "udp") && !cfg.noudp
+}
+
+#[cfg(feature = "udp")]
+fn udp_buf_len(cfg: &Config) -> usize {
+    udp::buf_len(cfg.tuning.udp_buf)
+}
+
+#[cfg(not(feature = "udp"))]
+fn udp_buf_len(cfg: &Config) -> usize {
+    cfg.tuning.udp_buf
 }
 
 impl Node {
@@ -131,12 +165,22 @@ impl Node {
         self.stats.clone()
     }
 
+    /// The buffers of TCP connections (two per connection).
+    pub fn arena(&self) -> Arc<Arena> {
+        self.arena.clone()
+    }
+
+    /// The buffers of UDP flows (two per flow); `None` when UDP is off.
+    pub fn udp_arena(&self) -> Option<Arc<Arena>> {
+        self.udp_arena.clone()
+    }
+
     /// Run until the shutdown handle fires, then let open connections finish for up to
     /// `SHUTDOWN_TIMEOUT`.
     pub async fn run(self) -> Result<()> {
         let reporter = smol::spawn(report(
             self.stats.clone(),
-            self.arena.clone(),
+            (self.arena.clone(), self.udp_arena.clone()),
             self.report,
             self.cfg_log,
             self.mode,
@@ -164,11 +208,20 @@ impl Node {
 
 /// Every `REPORT_INTERVAL`: the stats line, the CHECK_POINT event line, and giving idle
 /// buffer pages back to the kernel.
-async fn report(stats: Arc<Stats>, arena: Arc<Arena>, every: Duration, log: LogLevel, mode: u8) {
+async fn report(
+    stats: Arc<Stats>,
+    (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
+    every: Duration,
+    log: LogLevel,
+    mode: u8,
+) {
     loop {
         Timer::after(every).await;
         if stats.active() == 0 {
             arena.release_idle();
+            if let Some(a) = &udp_arena {
+                a.release_idle();
+            }
         }
         match log {
             LogLevel::Event => println!("{}", stats.checkpoint(mode)),

@@ -135,7 +135,12 @@ fn server_addrs(line: &str) -> (SocketAddr, SocketAddr) {
     let (tunnel, users) = line[at..].split_once(", users on ").expect("users on");
     (
         tunnel.trim().parse().expect("tunnel addr"),
-        users.trim().parse().expect("users addr"),
+        users
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .parse()
+            .expect("users addr"),
     )
 }
 
