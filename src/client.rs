@@ -48,6 +48,7 @@ pub(crate) struct Inner {
     pub limits: Option<Limits>,
     pub warn: RateLimit,
     /// Round-robin position among the targets for UDP flows.
+    #[cfg(feature = "udp")]
     pub next_udp: AtomicUsize,
 }
 
@@ -94,6 +95,7 @@ impl Client {
                 limits: Limits::new(cfg.rate),
                 cfg,
                 warn: RateLimit::new(Duration::from_secs(5)),
+                #[cfg(feature = "udp")]
                 next_udp: AtomicUsize::new(0),
             }),
         }
