@@ -28,16 +28,19 @@ use crate::util::{backoff, RateLimit};
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
 pub(crate) struct Inner {
-    cfg: Config,
+    pub(crate) cfg: Config,
     key: Key,
-    stats: Arc<Stats>,
-    arena: Arc<Arena>,
-    shutdown: Shutdown,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) shutdown: Shutdown,
     /// The TLS mode learned from the server (0 until told otherwise).
-    tls: AtomicU8,
+    pub(crate) tls: AtomicU8,
     /// Round-robin position among the targets.
     next_target: AtomicUsize,
     warn: RateLimit,
+    /// This process's device id for relay reservations (lets it take its own name over).
+    #[cfg(feature = "relay")]
+    pub(crate) device: [u8; crate::signal::NONCE_LEN],
 }
 
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
@@ -58,19 +61,8 @@ pub struct Client {
 impl Client {
     /// Prepare a client; nothing is dialed until [`Client::run`].
     pub fn new(cfg: Config, stats: Arc<Stats>, arena: Arc<Arena>, shutdown: Shutdown) -> Client {
-        let key = Key::new(&cfg.key_bytes());
-        let tls = AtomicU8::new(0);
         Client {
-            inner: Arc::new(Inner {
-                cfg,
-                key,
-                stats,
-                arena,
-                shutdown,
-                tls,
-                next_target: AtomicUsize::new(0),
-                warn: RateLimit::new(Duration::from_secs(5)),
-            }),
+            inner: Arc::new(Inner::new(cfg, stats, arena, shutdown)),
         }
     }
 
@@ -113,6 +105,30 @@ impl Client {
     }
 }
 
+impl Inner {
+    /// The shared state of a client (also used by the visit role to dial a relay).
+    pub(crate) fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        arena: Arc<Arena>,
+        shutdown: Shutdown,
+    ) -> Inner {
+        let key = Key::new(&cfg.key_bytes());
+        Inner {
+            cfg,
+            key,
+            stats,
+            arena,
+            shutdown,
+            tls: AtomicU8::new(0),
+            next_target: AtomicUsize::new(0),
+            warn: RateLimit::new(Duration::from_secs(5)),
+            #[cfg(feature = "relay")]
+            device: crate::auth::random(),
+        }
+    }
+}
+
 /// Dial the server and bring up the transport the server uses. Returns the connection, its
 /// TLS mode and the certificate fingerprint seen.
 async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
@@ -127,7 +143,11 @@ async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
 }
 
 /// Dial and authenticate one connection of `kind`, bounded by `HANDSHAKE_TIMEOUT`.
-async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(Conn, LineReader)> {
+pub(crate) async fn open(
+    inner: &Inner,
+    kind: Kind,
+    sid: Option<[u8; SID_LEN]>,
+) -> Result<(Conn, LineReader)> {
     let work = async {
         let (mut conn, tls, fp) = dial_tunnel(inner).await?;
         let mut lines = LineReader::new();
@@ -142,6 +162,11 @@ async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(
 }
 
 async fn session(inner: &Arc<Inner>) -> Result<End> {
+    // With `name=`, the tunnel address is a relay: reserve the name instead of `ctl`.
+    #[cfg(feature = "relay")]
+    if let Some(name) = &inner.cfg.name {
+        return crate::relay::device::session(inner, name).await;
+    }
     let (mut conn, mut lines) = open(inner, Kind::Ctl, None).await?;
     let reply = async { lines.next(&mut conn).await }
         .or(async {
@@ -154,12 +179,23 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected session").into()),
     };
+    log::info!("client: session up with {}", inner.cfg.tunnel);
+    Ok(run_pool(inner, conn, lines, sid, max, |m| m).await)
+}
+
+/// Keep the warm pool of session `sid` (at most `max`, the server's bound) and run the
+/// control loop with the pool manager, wrapped by `wrap` (the relay device adds refreshes).
+pub(crate) async fn run_pool<H: Handler>(
+    inner: &Arc<Inner>,
+    conn: Conn,
+    lines: LineReader,
+    sid: [u8; SID_LEN],
+    max: usize,
+    wrap: impl FnOnce(PoolManager) -> H,
+) -> End {
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
-    log::info!(
-        "client: session up with {} (pool {min}..{max})",
-        inner.cfg.tunnel
-    );
+    log::debug!("client: pool {min}..{max}");
     let pool = Arc::new(Pool {
         sid,
         end: Shutdown::new(),
@@ -182,15 +218,15 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         inner.cfg.tuning.report_interval,
         inner.stats.clone(),
     )
-    .run(mgr)
+    .run(wrap(mgr))
     .await;
     pool.end.trigger();
     inner.stats.pool_idle.store(0, Relaxed);
-    Ok(end)
+    end
 }
 
 /// Grows and shrinks the warm pool on the control loop's ticks.
-struct PoolManager {
+pub(crate) struct PoolManager {
     inner: Arc<Inner>,
     pool: Arc<Pool>,
     min: usize,

@@ -28,12 +28,16 @@ pub mod frame;
 pub mod handshake;
 pub mod lines;
 pub mod net;
+#[cfg(feature = "relay")]
+pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod signal;
 pub mod stats;
 pub mod stream;
 pub mod util;
+#[cfg(feature = "relay")]
+pub mod visit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +48,7 @@ use smol::Timer;
 use crate::arena::Arena;
 use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -55,6 +59,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 enum Role_ {
     Server(Server),
     Client(Client),
+    #[cfg(feature = "relay")]
+    Relay(relay::Relay),
+    #[cfg(feature = "relay")]
+    Visit(visit::Visit),
 }
 
 /// A role with its listeners bound, ready to [`run`](Node::run).
@@ -69,6 +77,8 @@ pub struct Node {
     shutdown: Shutdown,
     tunnel: Option<SocketAddr>,
     public: Option<SocketAddr>,
+    #[cfg(feature = "relay")]
+    relay_stats: Option<Arc<relay::RelayStats>>,
 }
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
@@ -91,7 +101,27 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
             let c = Client::new(cfg, stats.clone(), arena.clone(), shutdown.clone());
             (Role_::Client(c), None, None, 2)
         }
-        Role::Relay | Role::Visit => return Err(Error::Unsupported("the relay and visit roles")),
+        #[cfg(feature = "relay")]
+        Role::Relay => {
+            let r = relay::Relay::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let t = r.local_addr()?;
+            (Role_::Relay(r), Some(t), None, 1)
+        }
+        #[cfg(feature = "relay")]
+        Role::Visit => {
+            let v = visit::Visit::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let p = v.local_addr()?;
+            (Role_::Visit(v), None, Some(p), 2)
+        }
+        #[cfg(not(feature = "relay"))]
+        Role::Relay | Role::Visit => {
+            return Err(error::Error::Unsupported("the relay and visit roles"))
+        }
+    };
+    #[cfg(feature = "relay")]
+    let relay_stats = match &role {
+        Role_::Relay(r) => Some(r.relay_stats()),
+        _ => None,
     };
     Ok(Node {
         role,
@@ -104,10 +134,18 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         shutdown,
         tunnel,
         public,
+        #[cfg(feature = "relay")]
+        relay_stats,
     })
 }
 
 impl Node {
+    /// The relay's own counters (reservations, connections, refusals by code); relay only.
+    #[cfg(feature = "relay")]
+    pub fn relay_stats(&self) -> Option<Arc<relay::RelayStats>> {
+        self.relay_stats.clone()
+    }
+
     /// The tunnel port (server, relay).
     pub fn tunnel_addr(&self) -> Option<SocketAddr> {
         self.tunnel
@@ -126,16 +164,27 @@ impl Node {
     /// Run until the shutdown handle fires, then let open connections finish for up to
     /// `SHUTDOWN_TIMEOUT`.
     pub async fn run(self) -> Result<()> {
-        let reporter = smol::spawn(report(
-            self.stats.clone(),
-            self.arena.clone(),
-            self.report,
-            self.cfg_log,
-            self.mode,
-        ));
+        // The relay reports its own figures every `stats` interval.
+        #[cfg(feature = "relay")]
+        let own_report = matches!(self.role, Role_::Relay(_));
+        #[cfg(not(feature = "relay"))]
+        let own_report = false;
+        let reporter = (!own_report).then(|| {
+            smol::spawn(report(
+                self.stats.clone(),
+                self.arena.clone(),
+                self.report,
+                self.cfg_log,
+                self.mode,
+            ))
+        });
         let res = match self.role {
             Role_::Server(s) => s.run().await,
             Role_::Client(c) => c.run().await,
+            #[cfg(feature = "relay")]
+            Role_::Relay(r) => r.run().await,
+            #[cfg(feature = "relay")]
+            Role_::Visit(v) => v.run().await,
         };
         self.shutdown.trigger();
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -149,7 +198,9 @@ impl Node {
                 self.shutdown_timeout
             );
         }
-        reporter.cancel().await;
+        if let Some(r) = reporter {
+            r.cancel().await;
+        }
         res
     }
 }
