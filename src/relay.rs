@@ -88,6 +88,10 @@ impl Relay {
         arena: Arc<Arena>,
         shutdown: Shutdown,
     ) -> Result<Relay> {
+        // Refuse rather than run in plaintext when TLS was asked for.
+        if cfg.tls != crate::config::TlsMode::Off {
+            return Err(Error::Unsupported("tls on the relay port (not wired yet)"));
+        }
         let listener = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?;
         let device_key = Key::new(&cfg.key_bytes());
         let visit_key = match &cfg.relay.visit_key {

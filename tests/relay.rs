@@ -370,3 +370,92 @@ fn devices_come_back_after_a_relay_restart() {
         }
     });
 }
+
+#[test]
+fn refreshed_reservations_live_and_silent_ones_lapse() {
+    smol::block_on(async {
+        let relay = Relay::start("relay://k@127.0.0.1:0?ttl=1s").await;
+        let (target, _t) = name_server("cam");
+        let _d = device(relay.addr, "k", target, "cam").await;
+        wait_until("the reservation", || relay.reservations() == 1).await;
+        // A raw reservation that never sends `refresh` lapses after the ttl.
+        let (r, mut silent) = reserve(relay.addr, "k", "silent", 7).await;
+        assert_eq!(r, Reply::Ok);
+        wait_until("two reservations", || relay.reservations() == 2).await;
+        let start = Instant::now();
+        wait_until("the silent one to lapse", || relay.reservations() == 1).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // Its control connection was closed by the relay.
+        let mut buf = [0u8; 512];
+        let mut closed = false;
+        while !closed {
+            closed = matches!(silent.read(&mut buf).await, Ok(0) | Err(_));
+        }
+        // The device refreshes every ttl/2 and is still reachable well past the ttl.
+        Timer::after(Duration::from_millis(1500)).await;
+        assert_eq!(relay.reservations(), 1);
+        let v = visitor(relay.addr, "k", "cam").await;
+        assert_eq!(fetch(v.public.unwrap()).await, b"cam");
+    });
+}
+
+#[test]
+fn connection_and_circuit_limits() {
+    smol::block_on(async {
+        // Over max-conns, a new connection reads `err 201` and is closed.
+        let relay = Relay::start("relay://k@127.0.0.1:0?max-conns=2").await;
+        let (r, _c) = reserve(relay.addr, "k", "a", 1).await;
+        assert_eq!(r, Reply::Ok);
+        let _idle = Async::<TcpStream>::connect(relay.addr).await.unwrap();
+        wait_until("two connections", || relay.stats.conns.load(Relaxed) == 2).await;
+        let e = dial(relay.addr, "k", Kind::Connect).await.err().unwrap();
+        assert!(e.to_string().contains("(201)"), "{e}");
+
+        // One circuit per reservation: the second visitor is refused while the first is open.
+        let relay = Relay::start("relay://k@127.0.0.1:0?max-circuits=1").await;
+        let (target, _echo) = echo_server();
+        let _d = device(relay.addr, "k", target, "echo").await;
+        wait_until("the reservation", || relay.reservations() == 1).await;
+        let v = visitor(relay.addr, "k", "echo").await;
+        let mut first = Async::<TcpStream>::connect(v.public.unwrap())
+            .await
+            .unwrap();
+        first.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        first.read_exact(&mut buf).await.unwrap();
+        assert_eq!(connect(relay.addr, "k", "echo").await, Reply::Err(201));
+        drop(first);
+    });
+}
+
+#[test]
+fn the_duration_cap_cuts_a_circuit() {
+    smol::block_on(async {
+        let relay = Relay::start("relay://k@127.0.0.1:0?circuit-duration=1s").await;
+        let (target, _echo) = echo_server();
+        let _d = device(relay.addr, "k", target, "echo").await;
+        wait_until("the reservation", || relay.reservations() == 1).await;
+        let v = visitor(relay.addr, "k", "echo").await;
+        let mut s = Async::<TcpStream>::connect(v.public.unwrap())
+            .await
+            .unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        let start = Instant::now();
+        // The circuit stays silent and open on both ends: only the cap can end it.
+        let _ = async { s.read(&mut buf).await }
+            .or(async {
+                Timer::after(WAIT).await;
+                panic!("the circuit outlived its cap");
+            })
+            .await;
+        let took = start.elapsed();
+        assert!(took > Duration::from_millis(500), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    });
+}

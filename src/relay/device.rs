@@ -16,8 +16,9 @@ use crate::error::{status_text, Error, ProtoError, Result};
 use crate::lines::send;
 use crate::signal::{Kind, Signal};
 
-/// Shortest refresh period (the relay announces the TTL in whole seconds).
-const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// Shortest refresh period: half the relay's shortest TTL (it announces whole seconds, at
+/// least 1).
+const MIN_REFRESH: Duration = Duration::from_millis(500);
 
 /// Reserve `name` on the relay and keep the reservation until it ends.
 pub(crate) async fn session(inner: &Arc<client::Inner>, name: &str) -> Result<End> {
