@@ -3,7 +3,7 @@
 //! One listener takes every connection (docs/PROTOCOL.md "Relay"). After the usual
 //! handshake, the `hello` kind says what a connection is: `reserve` (a device's control
 //! connection, which *is* the reservation), `pool` (an idle data connection of a reservation,
-//! named by its sid), or `connect` (a visitor asking for a circuit, see [`circuit`]).
+//! named by its sid), or `connect` (a visitor asking for a circuit).
 //! Limits follow libp2p circuit relay v2; every refusal carries its status code.
 
 mod circuit;
@@ -25,7 +25,7 @@ use crate::arena::Arena;
 use crate::auth::Key;
 use crate::config::{Config, LogLevel};
 use crate::control::{Control, End, Handler};
-use crate::error::{Error, ProtoError, Result};
+use crate::error::{status_text, Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
 use crate::lines::{send, LineReader};
 use crate::net;
@@ -69,7 +69,10 @@ impl Inner {
         self.rstats.refuse(code);
         refuse(conn, code, text).await;
         if self.warn.allow() {
-            log::info!("relay: {peer} refused: {text} ({code})");
+            log::info!(
+                "relay: {peer} refused: {} ({code}): {text}",
+                status_text(code)
+            );
         }
     }
 }
@@ -180,9 +183,7 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
         if inner.rstats.conns.load(Relaxed) >= limit {
             inner.rstats.refuse(201);
             // One non-blocking write: the peer reads a status instead of a bare close.
-            let _ = s
-                .get_ref()
-                .write(b"err 201 resource limit exceeded: max-conns\n");
+            let _ = s.get_ref().write(b"err 201 max-conns reached\n");
             if inner.warn.allow() {
                 log::warn!("relay: {peer} refused: all {limit} connections in use (201)");
             }
@@ -284,14 +285,10 @@ async fn reserve_conn(inner: &Arc<Inner>, mut conn: Conn, mut lines: LineReader,
     .await;
     let (name, device) = match req {
         Ok(Some(x)) => x,
-        Ok(None) => {
-            return inner
-                .refuse(&mut conn, peer, 401, "unexpected message: expected reserve")
-                .await
-        }
+        Ok(None) => return inner.refuse(&mut conn, peer, 401, "expected reserve").await,
         Err(Error::Signal(_)) => {
             return inner
-                .refuse(&mut conn, peer, 400, "malformed message")
+                .refuse(&mut conn, peer, 400, "malformed request line")
                 .await
         }
         Err(e) => return log::debug!("relay: {peer}: no reserve line: {e}"),

@@ -45,44 +45,33 @@ pub(super) async fn visit(
     .await;
     let name = match req {
         Ok(Some(name)) => name,
-        Ok(None) => {
-            return inner
-                .refuse(&mut conn, peer, 401, "unexpected message: expected connect")
-                .await
-        }
+        Ok(None) => return inner.refuse(&mut conn, peer, 401, "expected connect").await,
         Err(Error::Signal(_)) => {
             return inner
-                .refuse(&mut conn, peer, 400, "malformed message")
+                .refuse(&mut conn, peer, 400, "malformed request line")
                 .await
         }
         Err(e) => return log::debug!("relay: visitor {peer}: no connect line: {e}"),
     };
     let found = inner.table().by_name(&name, Instant::now());
     let Some(res) = found else {
-        let text = format!("no reservation: {name}");
+        let text = format!("no live reservation named {name}");
         return inner.refuse(&mut conn, peer, 204, &text).await;
     };
     let max = inner.cfg.relay.max_circuits;
     if res.circuits.fetch_add(1, Relaxed) >= max {
         res.circuits.fetch_sub(1, Relaxed);
-        let text = format!("resource limit exceeded: {max} circuits to {name}");
+        let text = format!("{max} circuits to {name} already open");
         return inner.refuse(&mut conn, peer, 201, &text).await;
     }
     let _circuit = CircuitGuard(&res.circuits);
     let wait = inner.cfg.tuning.pool_get_timeout;
     let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
     else {
-        return inner
-            .refuse(
-                &mut conn,
-                peer,
-                201,
-                "resource limit exceeded: no free buffer",
-            )
-            .await;
+        return inner.refuse(&mut conn, peer, 201, "no free buffer").await;
     };
     let Some(mut pc) = take_idle(&res, wait).await else {
-        let text = format!("connection failed: no pool connection from {name} in {wait:?}");
+        let text = format!("no pool connection from {name} in {wait:?}");
         return inner.refuse(&mut conn, peer, 203, &text).await;
     };
     // The device dials its target on `tcp`; bytes the visitor sent early follow the line.
@@ -97,7 +86,7 @@ pub(super) async fn visit(
     }
     .await;
     if let Err(e) = opened {
-        let text = format!("connection failed: {name}: {e}");
+        let text = format!("{name}: {e}");
         return inner.refuse(&mut conn, peer, 203, &text).await;
     }
     let lim = &inner.cfg.relay;

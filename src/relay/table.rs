@@ -141,9 +141,9 @@ impl Refusal {
     /// The `err` text, naming the limit.
     pub fn text(self) -> String {
         match self {
-            Refusal::NameTaken => "reservation refused: name held by another device".into(),
-            Refusal::TooMany(n) => format!("resource limit exceeded: max-reservations {n}"),
-            Refusal::PerIp(n) => format!("resource limit exceeded: {n} reservations per IP"),
+            Refusal::NameTaken => "name held by another device".into(),
+            Refusal::TooMany(n) => format!("max-reservations {n} reached"),
+            Refusal::PerIp(n) => format!("{n} reservations per IP reached"),
         }
     }
 }
