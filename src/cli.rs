@@ -105,7 +105,9 @@ QUERY KEYS (default in brackets):
   relay:
     max-conns=N [1000]  max-reservations=N [128]  max-per-ip=N [8]  max-circuits=N [16]
     circuit-duration=DUR [0=unlimited]  circuit-bytes=N [0=unlimited]  ttl=DUR [1h]
-    stats=DUR [30s]  visit-key=KEY  a separate key for visitors
+    stats=DUR [30s]  visit-key=KEY  a separate key for visitors (it cannot reserve)
+    rate=MBIT paces each circuit. A device (client with name=) refreshes every ttl/2 and
+    re-reserves by itself after a relay restart; refusals are logged with their code.
     DUR is a Go duration: 500ms, 5s, 1m30s, 2h, 1.5s.
     Relay flag form (-flag or --flag, VALUE or =VALUE): --port [4001] --host [0.0.0.0]
     --key KEY (shared key) --key-file FILE (key=), and --log --tls --crt --slot --read

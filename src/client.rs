@@ -31,25 +31,28 @@ use crate::util::{backoff, RateLimit};
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
 pub(crate) struct Inner {
-    pub cfg: Config,
+    pub(crate) cfg: Config,
     key: Key,
-    pub stats: Arc<Stats>,
-    arena: Arc<Arena>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) arena: Arc<Arena>,
     /// Buffers for UDP flows (`None`: UDP off).
-    pub udp_arena: Option<Arc<Arena>>,
-    pub shutdown: Shutdown,
+    pub(crate) udp_arena: Option<Arc<Arena>>,
+    pub(crate) shutdown: Shutdown,
     /// The TLS mode learned from the server (0 until told otherwise).
-    tls: AtomicU8,
+    pub(crate) tls: AtomicU8,
     /// Outgoing connections (`dial=`, `dns=`).
-    pub dialer: Dialer,
+    pub(crate) dialer: Dialer,
     /// The targets, round robin with failover.
-    pub targets: Targets,
+    pub(crate) targets: Targets,
     /// `rate=`: the process's token buckets.
-    pub limits: Option<Limits>,
-    pub warn: RateLimit,
+    pub(crate) limits: Option<Limits>,
+    pub(crate) warn: RateLimit,
     /// Round-robin position among the targets for UDP flows.
     #[cfg(feature = "udp")]
-    pub next_udp: AtomicUsize,
+    pub(crate) next_udp: AtomicUsize,
+    /// This process's device id for relay reservations (lets it take its own name over).
+    #[cfg(feature = "relay")]
+    pub(crate) device: [u8; crate::signal::NONCE_LEN],
 }
 
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
@@ -77,27 +80,11 @@ impl Client {
     pub fn new(
         cfg: Config,
         stats: Arc<Stats>,
-        (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
+        bufs: (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
     ) -> Client {
-        let key = Key::new(&cfg.key_bytes());
-        let tls = AtomicU8::new(0);
         Client {
-            inner: Arc::new(Inner {
-                key,
-                stats,
-                arena,
-                udp_arena,
-                shutdown,
-                tls,
-                dialer: Dialer::new(&cfg),
-                targets: Targets::new(cfg.targets.clone()),
-                limits: Limits::new(cfg.rate),
-                cfg,
-                warn: RateLimit::new(Duration::from_secs(5)),
-                #[cfg(feature = "udp")]
-                next_udp: AtomicUsize::new(0),
-            }),
+            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)),
         }
     }
 
@@ -140,6 +127,34 @@ impl Client {
     }
 }
 
+impl Inner {
+    /// The shared state of a client (also used by the visit role to dial a relay).
+    pub(crate) fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
+        shutdown: Shutdown,
+    ) -> Inner {
+        Inner {
+            key: Key::new(&cfg.key_bytes()),
+            stats,
+            arena,
+            udp_arena,
+            shutdown,
+            tls: AtomicU8::new(0),
+            dialer: Dialer::new(&cfg),
+            targets: Targets::new(cfg.targets.clone()),
+            limits: Limits::new(cfg.rate),
+            cfg,
+            warn: RateLimit::new(Duration::from_secs(5)),
+            #[cfg(feature = "udp")]
+            next_udp: AtomicUsize::new(0),
+            #[cfg(feature = "relay")]
+            device: crate::auth::random(),
+        }
+    }
+}
+
 /// Dial the server and bring up the transport the server uses. Returns the connection, its
 /// TLS mode and the certificate fingerprint seen.
 async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
@@ -154,7 +169,11 @@ async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
 }
 
 /// Dial and authenticate one connection of `kind`, bounded by `HANDSHAKE_TIMEOUT`.
-async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(Conn, LineReader)> {
+pub(crate) async fn open(
+    inner: &Inner,
+    kind: Kind,
+    sid: Option<[u8; SID_LEN]>,
+) -> Result<(Conn, LineReader)> {
     let work = async {
         let (mut conn, tls, fp) = dial_tunnel(inner).await?;
         let mut lines = LineReader::new();
@@ -169,6 +188,11 @@ async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(
 }
 
 async fn session(inner: &Arc<Inner>) -> Result<End> {
+    // With `name=`, the tunnel address is a relay: reserve the name instead of `ctl`.
+    #[cfg(feature = "relay")]
+    if let Some(name) = &inner.cfg.name {
+        return crate::relay::device::session(inner, name).await;
+    }
     let (mut conn, mut lines) = open(inner, Kind::Ctl, None).await?;
     let reply = async { lines.next(&mut conn).await }
         .or(async {
@@ -183,6 +207,20 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected session").into()),
     };
+    Ok(run_pool(inner, conn, lines, sid, max, (tcp, udp), |m| m).await)
+}
+
+/// Keep the warm pool of session `sid` (at most `max`, the server's bound) and run the
+/// control loop with the pool manager, wrapped by `wrap` (the relay device adds refreshes).
+pub(crate) async fn run_pool<H: Handler>(
+    inner: &Arc<Inner>,
+    conn: Conn,
+    lines: LineReader,
+    sid: [u8; SID_LEN],
+    max: usize,
+    (tcp, udp): (bool, bool),
+    wrap: impl FnOnce(PoolManager) -> H,
+) -> End {
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
     let tcp = tcp && !inner.cfg.notcp;
@@ -221,15 +259,15 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         inner.cfg.tuning.report_interval,
         inner.stats.clone(),
     )
-    .run(mgr)
+    .run(wrap(mgr))
     .await;
     pool.end.trigger();
     inner.stats.pool_idle.store(0, Relaxed);
-    Ok(end)
+    end
 }
 
 /// Grows and shrinks the warm pool on the control loop's ticks.
-struct PoolManager {
+pub(crate) struct PoolManager {
     inner: Arc<Inner>,
     pool: Arc<Pool>,
     min: usize,

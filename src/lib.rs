@@ -31,6 +31,8 @@ pub mod lines;
 pub mod net;
 pub mod proxy;
 pub mod rate;
+#[cfg(feature = "relay")]
+pub mod relay;
 pub mod resolve;
 pub mod server;
 pub mod shutdown;
@@ -41,6 +43,8 @@ pub mod targets;
 #[cfg(feature = "udp")]
 pub mod udp;
 pub mod util;
+#[cfg(feature = "relay")]
+pub mod visit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +55,7 @@ use smol::Timer;
 use crate::arena::Arena;
 use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -66,6 +70,10 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 enum Role_ {
     Server(Server),
     Client(Client),
+    #[cfg(feature = "relay")]
+    Relay(relay::Relay),
+    #[cfg(feature = "relay")]
+    Visit(visit::Visit),
 }
 
 /// A role with its listeners bound, ready to [`run`](Node::run).
@@ -81,6 +89,8 @@ pub struct Node {
     shutdown: Shutdown,
     tunnel: Option<SocketAddr>,
     public: Option<SocketAddr>,
+    #[cfg(feature = "relay")]
+    relay_stats: Option<Arc<relay::RelayStats>>,
 }
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
@@ -117,7 +127,27 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
             let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
             (Role_::Client(c), None, None, 2)
         }
-        Role::Relay | Role::Visit => return Err(Error::Unsupported("the relay and visit roles")),
+        #[cfg(feature = "relay")]
+        Role::Relay => {
+            let r = relay::Relay::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let t = r.local_addr()?;
+            (Role_::Relay(r), Some(t), None, 1)
+        }
+        #[cfg(feature = "relay")]
+        Role::Visit => {
+            let v = visit::Visit::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let p = v.local_addr()?;
+            (Role_::Visit(v), None, Some(p), 2)
+        }
+        #[cfg(not(feature = "relay"))]
+        Role::Relay | Role::Visit => {
+            return Err(error::Error::Unsupported("the relay and visit roles"))
+        }
+    };
+    #[cfg(feature = "relay")]
+    let relay_stats = match &role {
+        Role_::Relay(r) => Some(r.relay_stats()),
+        _ => None,
     };
     Ok(Node {
         role,
@@ -131,6 +161,8 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         shutdown,
         tunnel,
         public,
+        #[cfg(feature = "relay")]
+        relay_stats,
     })
 }
 
@@ -150,6 +182,12 @@ fn udp_buf_len(cfg: &Config) -> usize {
 }
 
 impl Node {
+    /// The relay's own counters (reservations, connections, refusals by code); relay only.
+    #[cfg(feature = "relay")]
+    pub fn relay_stats(&self) -> Option<Arc<relay::RelayStats>> {
+        self.relay_stats.clone()
+    }
+
     /// The tunnel port (server, relay).
     pub fn tunnel_addr(&self) -> Option<SocketAddr> {
         self.tunnel
@@ -178,16 +216,27 @@ impl Node {
     /// Run until the shutdown handle fires, then let open connections finish for up to
     /// `SHUTDOWN_TIMEOUT`.
     pub async fn run(self) -> Result<()> {
-        let reporter = smol::spawn(report(
-            self.stats.clone(),
-            (self.arena.clone(), self.udp_arena.clone()),
-            self.report,
-            self.cfg_log,
-            self.mode,
-        ));
+        // The relay reports its own figures every `stats` interval.
+        #[cfg(feature = "relay")]
+        let own_report = matches!(self.role, Role_::Relay(_));
+        #[cfg(not(feature = "relay"))]
+        let own_report = false;
+        let reporter = (!own_report).then(|| {
+            smol::spawn(report(
+                self.stats.clone(),
+                (self.arena.clone(), self.udp_arena.clone()),
+                self.report,
+                self.cfg_log,
+                self.mode,
+            ))
+        });
         let res = match self.role {
             Role_::Server(s) => s.run().await,
             Role_::Client(c) => c.run().await,
+            #[cfg(feature = "relay")]
+            Role_::Relay(r) => r.run().await,
+            #[cfg(feature = "relay")]
+            Role_::Visit(v) => v.run().await,
         };
         self.shutdown.trigger();
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -201,7 +250,9 @@ impl Node {
                 self.shutdown_timeout
             );
         }
-        reporter.cancel().await;
+        if let Some(r) = reporter {
+            r.cancel().await;
+        }
         res
     }
 }

@@ -264,6 +264,8 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     };
     match hello.kind {
         Kind::Ctl => control_conn(inner, conn, lines, peer).await,
+        // Relay kinds are refused by handshake::accept.
+        Kind::Reserve | Kind::Connect => {}
         Kind::Pool => {
             let Some(sess) = inner.current().filter(|s| Some(s.sid) == hello.sid) else {
                 refuse(&mut conn, 204, "no such session").await;
