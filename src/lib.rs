@@ -135,7 +135,7 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         }
         #[cfg(feature = "relay")]
         Role::Visit => {
-            let v = visit::Visit::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let v = visit::Visit::bind(cfg, stats.clone(), bufs, shutdown.clone()).await?;
             let p = v.local_addr()?;
             (Role_::Visit(v), None, Some(p), 2)
         }

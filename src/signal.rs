@@ -26,7 +26,7 @@ pub enum Kind {
     Pool,
     /// A device's control connection to a relay; `reserve <name> <device>` follows `auth`.
     Reserve,
-    /// A visitor's connection to a relay; `connect <name>` follows `auth`.
+    /// A visitor's connection to a relay; `connect <name> <tcp|udp>` follows `auth`.
     Connect,
 }
 
@@ -128,10 +128,13 @@ pub enum Signal<'a> {
     },
     /// Device refreshes its reservation on the control connection: `refresh`.
     Refresh,
-    /// Visitor asks for a circuit to a reservation: `connect <name>`.
+    /// Visitor asks for a circuit to a reservation: `connect <name> <tcp|udp>`.
     Connect {
         /// The reservation name.
         name: &'a str,
+        /// `true` (`udp`): the circuit carries one UDP flow as frames; `false` (`tcp`): a
+        /// byte stream.
+        udp: bool,
     },
     /// Relay opened the circuit (status 100): `circuit <secs> <bytes>`; data follows.
     Circuit {
@@ -325,9 +328,10 @@ impl<'a> Signal<'a> {
                 let _ = write!(line, " {ttl} {max}");
             }
             Signal::Refresh => put(&mut line, b"refresh"),
-            Signal::Connect { name } => {
+            Signal::Connect { name, udp } => {
                 put(&mut line, b"connect ");
                 push_name(&mut line, name);
+                put(&mut line, if udp { b" udp" } else { b" tcp" });
             }
             Signal::Circuit { secs, bytes } => {
                 let _ = write!(line, "circuit {secs} {bytes}");
@@ -464,6 +468,11 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
         b"refresh" => Signal::Refresh,
         b"connect" => Signal::Connect {
             name: parse_name(t.next()?)?,
+            udp: match t.next()? {
+                b"tcp" => false,
+                b"udp" => true,
+                _ => return Err(bad("bad proto")),
+            },
         },
         b"circuit" => Signal::Circuit {
             secs: parse_u32(t.next()?)?,

@@ -2,9 +2,17 @@
 //! to a named reservation (`visit://key@relay:4001/127.0.0.1:2222?name=cam-7`).
 //!
 //! Each accepted connection dials the relay, authenticates as a visitor (`hello connect`),
-//! sends `connect <name>` and, on `circuit`, copies both ways. A refusal closes the local
+//! sends `connect <name> tcp` and, on `circuit`, copies both ways. A refusal closes the local
 //! connection at once and is logged in words.
+//!
+//! With UDP on (the `udp` feature, no `noudp=1`), the local address is bound for UDP too. Each
+//! source address is a flow, kept in the same flow table as the server's
+//! ([`crate::udp::flows`]); a new flow opens its own circuit with `connect <name> udp`, whose
+//! opening the device answers as a `udp` line in the plain tunnel, and carries framed
+//! datagrams both ways until `UDP_READ_TIMEOUT` of silence closes it.
 
+#[cfg(feature = "udp")]
+use std::net::UdpSocket;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -32,15 +40,18 @@ pub struct Visit {
     inner: Arc<Inner>,
     name: String,
     listener: Async<TcpListener>,
+    /// The UDP socket beside the listener (UDP on).
+    #[cfg(feature = "udp")]
+    udp: Option<Arc<Async<UdpSocket>>>,
     warn: Arc<RateLimit>,
 }
 
 impl Visit {
-    /// Bind the local listener.
+    /// Bind the local listener, and with `udp_arena` (UDP on) a UDP socket on its address.
     pub async fn bind(
         cfg: Config,
         stats: Arc<Stats>,
-        arena: Arc<Arena>,
+        (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
     ) -> Result<Visit> {
         let local = cfg
@@ -48,14 +59,25 @@ impl Visit {
             .first()
             .ok_or(Error::Proto(ProtoError::Unexpected("no local address")))?;
         let listener = net::listen(local, cfg.tuning.dial_timeout).await?;
+        #[cfg(feature = "udp")]
+        let (listener, udp) = match &udp_arena {
+            Some(_) => {
+                let t = cfg.tuning.dial_timeout;
+                let (l, sock) = crate::udp::bind_beside(listener, local, t).await?;
+                (l, Some(Arc::new(sock)))
+            }
+            None => (listener, None),
+        };
         let name = cfg
             .name
             .clone()
             .ok_or(Error::Proto(ProtoError::Unexpected("visit needs name=")))?;
         Ok(Visit {
-            inner: Arc::new(Inner::new(cfg, stats, (arena, None), shutdown)),
+            inner: Arc::new(Inner::new(cfg, stats, (arena, udp_arena), shutdown)),
             name,
             listener,
+            #[cfg(feature = "udp")]
+            udp,
             warn: Arc::new(RateLimit::new(Duration::from_secs(1))),
         })
     }
@@ -71,14 +93,30 @@ impl Visit {
             inner,
             name,
             listener,
+            #[cfg(feature = "udp")]
+            udp,
             warn,
         } = self;
+        #[cfg(feature = "udp")]
+        let proto = if udp.is_some() { "TCP and UDP" } else { "TCP" };
+        #[cfg(not(feature = "udp"))]
+        let proto = "TCP";
         log::info!(
-            "visit: {} reaches {name} through relay {}",
+            "visit: {} ({proto}) reaches {name} through relay {}",
             listener.get_ref().local_addr()?,
             inner.cfg.tunnel
         );
         let name: Arc<str> = name.into();
+        #[cfg(feature = "udp")]
+        let flows = match (udp, &inner.udp_arena) {
+            (Some(sock), Some(arena)) => Some(smol::spawn(udp::serve(
+                inner.clone(),
+                name.clone(),
+                sock,
+                arena.clone(),
+            ))),
+            _ => None,
+        };
         let mut errors = 0u32;
         let accept = async {
             loop {
@@ -105,27 +143,47 @@ impl Visit {
             }
         };
         accept.or(inner.shutdown.wait()).await;
+        #[cfg(feature = "udp")]
+        if let Some(t) = flows {
+            t.cancel().await;
+        }
         Ok(())
     }
 }
 
-/// Dial the relay and ask for a circuit to `name`; returns the relay connection and the line
-/// reader (bytes from the device may already follow `circuit`).
-async fn open_circuit(inner: &Inner, name: &str) -> Result<(Conn, LineReader)> {
-    let (mut conn, mut lines) = match client::open(inner, Kind::Connect, None).await {
+/// Dial the relay and authenticate as a visitor (switching to the relay's TLS mode if told).
+async fn dial_relay(inner: &Inner) -> Result<(Conn, LineReader)> {
+    match client::open(inner, Kind::Connect, None).await {
         Err(Error::Proto(ProtoError::NeedTls(mode))) => {
             log::info!(
                 "visit: relay {} uses tls={mode}; switching",
                 inner.cfg.tunnel
             );
             inner.tls.store(mode, Relaxed);
-            client::open(inner, Kind::Connect, None).await?
+            client::open(inner, Kind::Connect, None).await
         }
-        r => r?,
-    };
-    send(&mut conn, &Signal::Connect { name }).await?;
+        r => r,
+    }
+}
+
+/// Dial the relay and ask for a TCP circuit to `name`; returns the relay connection and the
+/// line reader (bytes from the device may already follow `circuit`).
+async fn open_circuit(inner: &Inner, name: &str) -> Result<(Conn, LineReader)> {
+    let (mut conn, mut lines) = dial_relay(inner).await?;
+    send(&mut conn, &Signal::Connect { name, udp: false }).await?;
+    await_circuit(inner, &mut conn, &mut lines, name).await?;
+    Ok((conn, lines))
+}
+
+/// Wait for the relay's answer to `connect`: `Ok` on `circuit`; a refusal is logged in words.
+async fn await_circuit(
+    inner: &Inner,
+    conn: &mut Conn,
+    lines: &mut LineReader,
+    name: &str,
+) -> Result<()> {
     let reply = async {
-        Ok(match lines.next(&mut conn).await? {
+        Ok(match lines.next(conn).await? {
             Signal::Circuit { .. } => Ok(()),
             Signal::Err { code, text } => Err((code, text.to_owned())),
             _ => return Err(ProtoError::Unexpected("expected circuit").into()),
@@ -138,7 +196,7 @@ async fn open_circuit(inner: &Inner, name: &str) -> Result<(Conn, LineReader)> {
     })
     .await?;
     match reply {
-        Ok(()) => Ok((conn, lines)),
+        Ok(()) => Ok(()),
         Err((code, text)) => {
             log::warn!(
                 "visit: relay {} refused a circuit to {name}: {} ({code}): {text}",
@@ -197,5 +255,64 @@ async fn local_conn(
     {
         Ok((up, down)) => log::debug!("visit: {peer} done: {up} B up, {down} B down"),
         Err(e) => log::debug!("visit: {peer} ended: {e}"),
+    }
+}
+
+/// The visitor's UDP side: the shared flow table, each flow on its own circuit.
+#[cfg(feature = "udp")]
+mod udp {
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::{Arc, Mutex};
+
+    use smol::io::AsyncWriteExt;
+    use smol::Async;
+
+    use super::{await_circuit, dial_relay};
+    use crate::arena::Arena;
+    use crate::client::Inner;
+    use crate::error::{ProtoError, Result};
+    use crate::signal::{Line, Signal};
+    use crate::udp::flows::{self, opening, Flows, Opened, Opener};
+    use crate::udp::Queue;
+
+    /// A visitor's flows open a circuit each: `connect <name> udp`, the frames queued
+    /// meanwhile in the same write, then `circuit`.
+    struct CircuitOpener {
+        inner: Arc<Inner>,
+        name: Arc<str>,
+    }
+
+    impl Opener for CircuitOpener {
+        async fn open(&self, src: SocketAddr, queue: &Mutex<Queue>) -> Result<Opened> {
+            let (inner, name) = (&*self.inner, &*self.name);
+            let (mut conn, mut lines) = dial_relay(inner).await?;
+            let line = Signal::Connect { name, udp: true }.encode();
+            conn.write_all(&opening(&line, queue)).await?;
+            conn.flush().await?;
+            await_circuit(inner, &mut conn, &mut lines, name).await?;
+            let mut early = Line::new();
+            early
+                .extend_from_slice(lines.leftover())
+                .map_err(|_| ProtoError::Unexpected("more than a line after circuit"))?;
+            log::debug!("visit: UDP flow {src} -> {name} circuit open");
+            Ok(Opened { conn, early })
+        }
+    }
+
+    /// The receive loop of the visitor's UDP socket: runs until cancelled.
+    pub(super) async fn serve(
+        inner: Arc<Inner>,
+        name: Arc<str>,
+        sock: Arc<Async<UdpSocket>>,
+        arena: Arc<Arena>,
+    ) {
+        let (stats, shutdown) = (inner.stats.clone(), inner.shutdown.clone());
+        let cfg = &inner.cfg;
+        let opener = CircuitOpener {
+            inner: inner.clone(),
+            name,
+        };
+        let table = Flows::new(opener, cfg, stats, shutdown);
+        flows::serve(Arc::new(table), sock, arena).await;
     }
 }

@@ -151,7 +151,8 @@ async fn reserve(relay: SocketAddr, key: &str, name: &str, device: u8) -> (Reply
 /// Ask for a circuit to `name`.
 async fn connect(relay: SocketAddr, key: &str, name: &str) -> Reply {
     let (mut conn, mut lines) = dial(relay, key, Kind::Connect).await.unwrap();
-    send(&mut conn, &Signal::Connect { name }).await.unwrap();
+    let sig = Signal::Connect { name, udp: false };
+    send(&mut conn, &sig).await.unwrap();
     reply(&mut conn, &mut lines).await
 }
 

@@ -1,5 +1,7 @@
-//! A visitor's circuit: `connect <name>`, an idle pool connection of that reservation, the
-//! `tcp` line on it, `circuit` to the visitor, then the splice under the circuit limits.
+//! A visitor's circuit: `connect <name> <tcp|udp>`, an idle pool connection of that
+//! reservation, the `tcp` or `udp` line on it, `circuit` to the visitor, then the splice under
+//! the circuit limits. The relay does not look into a UDP circuit: its frames are spliced as
+//! bytes, and the visitor and the device each run their end of the flow.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -39,12 +41,12 @@ pub(super) async fn visit(
     peer: SocketAddr,
 ) {
     let req = next_line(inner, &mut conn, &mut lines, |sig| match sig {
-        Signal::Connect { name } => Some(name.to_owned()),
+        Signal::Connect { name, udp } => Some((name.to_owned(), udp)),
         _ => None,
     })
     .await;
-    let name = match req {
-        Ok(Some(name)) => name,
+    let (name, udp) = match req {
+        Ok(Some(x)) => x,
         Ok(None) => return inner.refuse(&mut conn, peer, 401, "expected connect").await,
         Err(Error::Signal(_)) => {
             return inner
@@ -74,13 +76,26 @@ pub(super) async fn visit(
         let text = format!("no pool connection from {name} in {wait:?}");
         return inner.refuse(&mut conn, peer, 203, &text).await;
     };
-    // The device dials its target on `tcp`; bytes the visitor sent early follow the line.
+    let st = &inner.stats;
+    let (rx, tx) = if udp {
+        (&st.udp_rx, &st.udp_tx)
+    } else {
+        (&st.tcp_rx, &st.tcp_tx)
+    };
+    // The device dials its target on `tcp` or `udp`; bytes the visitor sent early (the first
+    // frames of a UDP flow) follow the line.
     let opened = async {
-        send(&mut pc.conn, &Signal::Tcp { id: pc.id, peer }).await?;
+        let id = pc.id;
+        let line = if udp {
+            Signal::Udp { id, peer }
+        } else {
+            Signal::Tcp { id, peer }
+        };
+        send(&mut pc.conn, &line).await?;
         let early = lines.leftover();
         if !early.is_empty() {
             pc.conn.write_all(early).await?;
-            inner.stats.tcp_rx.add(early.len() as u64);
+            rx.add(early.len() as u64);
         }
         Ok::<_, Error>(())
     }
@@ -98,19 +113,19 @@ pub(super) async fn visit(
     if send(&mut conn, &reply).await.is_err() {
         return;
     }
-    let _active = ActiveGuard::new(&inner.stats, false);
+    let _active = ActiveGuard::new(&inner.stats, udp);
     log::debug!(
-        "relay: circuit {peer} -> {name} on pool connection {}",
+        "relay: {} circuit {peer} -> {name} on pool connection {}",
+        if udp { "UDP" } else { "TCP" },
         pc.id
     );
     let rate = inner.cfg.rate.map(|m| u64::from(m) * BYTES_PER_MBIT);
     let mut visitor = Limited::new(conn, lim.circuit_bytes, rate);
-    let st = &inner.stats;
     let splice = copy::bidi(
         &mut visitor,
         &mut pc.conn,
         (b1, b2),
-        (&st.tcp_rx, &st.tcp_tx),
+        (rx, tx),
         inner.cfg.read,
     );
     let capped = async {

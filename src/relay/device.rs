@@ -50,14 +50,14 @@ pub(crate) async fn session(inner: &Arc<client::Inner>, name: &str) -> Result<En
     };
     log::info!("client: {name} reserved on relay {relay} (expires in {ttl} s unless refreshed)");
     let every = (Duration::from_secs(u64::from(ttl)) / 2).max(MIN_REFRESH);
-    // Circuits carry TCP only: UDP through the relay is not part of the protocol yet.
+    // Circuits carry TCP or one UDP flow (`run_pool` leaves UDP out with `noudp=1`).
     let end = client::run_pool(
         inner,
         conn,
         lines,
         sid,
         max as usize,
-        (true, false),
+        (true, true),
         |pool| Refresher {
             pool,
             every,

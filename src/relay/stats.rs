@@ -9,8 +9,8 @@ use crate::stats::Stats;
 /// Status codes counted as refusals, in the order they are reported.
 pub const CODES: [u16; 7] = [200, 201, 202, 203, 204, 400, 401];
 
-/// Counters of the relay besides the shared [`Stats`] (circuits are its `tcp_active`, bytes
-/// its `tcp_rx`/`tcp_tx`).
+/// Counters of the relay besides the shared [`Stats`] (circuits are its `tcp_active` plus
+/// `udp_active`, bytes its TCP plus UDP counters: the relay splices both the same way).
 #[derive(Debug, Default)]
 pub struct RelayStats {
     /// Live reservations.
@@ -43,10 +43,10 @@ impl RelayStats {
         let mut out = format!(
             "relay: {} reservations, {} circuits, {} connections, {} B to devices, {} B to visitors; refused:",
             self.reservations.load(Relaxed),
-            s.tcp_active.load(Relaxed),
+            s.active(),
             self.conns.load(Relaxed),
-            s.tcp_rx.get(),
-            s.tcp_tx.get(),
+            s.tcp_rx.get() + s.udp_rx.get(),
+            s.tcp_tx.get() + s.udp_tx.get(),
         );
         for code in CODES {
             out.push_str(&format!(" {code}={}", self.refused(code)));
@@ -59,10 +59,10 @@ impl RelayStats {
         let mut out = format!(
             "RELAY_POINT|RESERVATIONS={}|CIRCUITS={}|CONNS={}|RX={}|TX={}",
             self.reservations.load(Relaxed),
-            s.tcp_active.load(Relaxed),
+            s.active(),
             self.conns.load(Relaxed),
-            s.tcp_rx.get(),
-            s.tcp_tx.get(),
+            s.tcp_rx.get() + s.udp_rx.get(),
+            s.tcp_tx.get() + s.udp_tx.get(),
         );
         for code in CODES {
             out.push_str(&format!("|R{code}={}", self.refused(code)));
@@ -103,9 +103,11 @@ mod tests {
         r.refuse(204);
         r.refuse(999);
         s.tcp_rx.add(5);
+        s.udp_rx.add(2);
+        s.udp_tx.add(1);
         assert_eq!(
             r.event(&s),
-            "RELAY_POINT|RESERVATIONS=3|CIRCUITS=0|CONNS=1|RX=5|TX=0\
+            "RELAY_POINT|RESERVATIONS=3|CIRCUITS=0|CONNS=1|RX=7|TX=1\
              |R200=0|R201=0|R202=0|R203=0|R204=2|R400=0|R401=1"
         );
         assert!(r.line(&s).contains("3 reservations"));

@@ -124,8 +124,14 @@ fn samples() -> Vec<Signal<'static>> {
             max: u32::MAX,
         },
         Signal::Refresh,
-        Signal::Connect { name: "cam-7" },
-        Signal::Connect { name: "x" },
+        Signal::Connect {
+            name: "cam-7",
+            udp: false,
+        },
+        Signal::Connect {
+            name: "x",
+            udp: true,
+        },
         Signal::Circuit { secs: 0, bytes: 0 },
         Signal::Circuit {
             secs: u32::MAX,
@@ -188,7 +194,20 @@ fn encodes_exact_lines() {
             "reserved 01010101010101010101010101010101 3600 16\n",
         ),
         (Signal::Refresh, "refresh\n"),
-        (Signal::Connect { name: "cam-7" }, "connect cam-7\n"),
+        (
+            Signal::Connect {
+                name: "cam-7",
+                udp: false,
+            },
+            "connect cam-7 tcp\n",
+        ),
+        (
+            Signal::Connect {
+                name: "cam-7",
+                udp: true,
+            },
+            "connect cam-7 udp\n",
+        ),
         (
             Signal::Circuit {
                 secs: 120,
@@ -295,8 +314,14 @@ fn malformed_lines() {
         (format!("reserved {h32} 01 1"), "leading zero"),
         ("refresh now".into(), "extra token"),
         ("connect".into(), "missing token"),
-        ("connect cam 7".into(), "extra token"),
-        ("connect caf\u{e9}".into(), "bad name"),
+        ("connect cam-7".into(), "missing token"),
+        ("connect cam-7 ".into(), "trailing space"),
+        ("connect cam-7  tcp".into(), "extra space"),
+        ("connect cam-7 TCP".into(), "bad proto"),
+        ("connect cam-7 tu".into(), "bad proto"),
+        ("connect cam 7 tcp".into(), "bad proto"),
+        ("connect cam-7 udp x".into(), "extra token"),
+        ("connect caf\u{e9} tcp".into(), "bad name"),
         ("circuit 1".into(), "missing token"),
         ("circuit 1 18446744073709551616".into(), "number overflow"),
         ("circuit 4294967296 1".into(), "number overflow"),
@@ -410,10 +435,25 @@ fn out_of_range_fields_still_parse() {
                 proof: [2; 32],
             },
         ),
-        (Signal::Connect { name: "" }, Signal::Connect { name: "_" }),
         (
-            Signal::Connect { name: "cam 7/é" },
-            Signal::Connect { name: "cam_7___" },
+            Signal::Connect {
+                name: "",
+                udp: true,
+            },
+            Signal::Connect {
+                name: "_",
+                udp: true,
+            },
+        ),
+        (
+            Signal::Connect {
+                name: "cam 7/é",
+                udp: false,
+            },
+            Signal::Connect {
+                name: "cam_7___",
+                udp: false,
+            },
         ),
         (
             Signal::Reserve {
