@@ -83,6 +83,7 @@ ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
             edgepass 'relay://secret@0.0.0.0:4001?max-conns=1000&max-reservations=128'
             edgepass relay -port 4001 -max-conns 1000 -max-reservations 128
     visit   local listener whose connections reach a named reservation through a relay
+            (TCP and UDP on the same port; each UDP source address is one flow/circuit)
             edgepass 'visit://secret@relay.example.com:4001/127.0.0.1:8554?name=cam-7'
     Without key@ the key is the tunnel port. IPv6 hosts go in brackets: [::1]:80;
     a [::] listener takes IPv4 users too (dual stack, the Linux default).

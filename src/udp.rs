@@ -8,8 +8,8 @@
 //! the pool connection closes; the flow's two arena buffers go back to the UDP arena then.
 //!
 //! # Implementation
-//! The server has one socket for all flows: [`flows`] keeps the flow table and its receive
-//! loop (the visitor of a relay uses the same table); [`PoolOpener`] is how a server flow
+//! The server has one socket for all flows: `udp::flows` keeps the flow table and its receive
+//! loop (the visitor of a relay uses the same table); `PoolOpener` is how a server flow
 //! gets its connection.
 
 pub(crate) mod flows;

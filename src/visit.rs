@@ -7,7 +7,7 @@
 //!
 //! With UDP on (the `udp` feature, no `noudp=1`), the local address is bound for UDP too. Each
 //! source address is a flow, kept in the same flow table as the server's
-//! ([`crate::udp::flows`]); a new flow opens its own circuit with `connect <name> udp`, whose
+//! (`udp::flows`); a new flow opens its own circuit with `connect <name> udp`, whose
 //! opening the device answers as a `udp` line in the plain tunnel, and carries framed
 //! datagrams both ways until `UDP_READ_TIMEOUT` of silence closes it.
 
