@@ -387,14 +387,16 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         crate::udp::serve_client(&inner, conn, lines.leftover(), id, peer).await;
         return;
     }
-    serve_tcp(&inner, conn, &lines, id, peer).await;
+    log::debug!("client: user {peer} on pool connection {id}");
+    serve_tcp(&inner, conn, lines.leftover(), peer).await;
 }
 
-async fn serve_tcp(
+/// Carry one user connection to a target: `early` are user bytes that arrived with the
+/// signal, `peer` the user's address (for logs and the PROXY header).
+pub(crate) async fn serve_tcp(
     inner: &Inner,
     mut conn: Conn,
-    lines: &LineReader,
-    id: u32,
+    early: &[u8],
     peer: std::net::SocketAddr,
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
@@ -419,7 +421,6 @@ async fn serve_tcp(
         log::debug!("client: user {peer}: PROXY header not sent: {e}");
         return;
     }
-    let early = lines.leftover();
     if !early.is_empty() {
         if let Err(e) = target.write_all(early).await {
             log::debug!("client: user {peer}: target write failed: {e}");
@@ -427,7 +428,6 @@ async fn serve_tcp(
         }
         inner.stats.tcp_rx.add(early.len() as u64);
     }
-    log::debug!("client: user {peer} on pool connection {id}");
     let st = &inner.stats;
     match copy::bidi_limited(
         &mut conn,

@@ -25,6 +25,7 @@ pub mod copy;
 pub mod dialer;
 pub mod duration;
 pub mod error;
+pub mod forward;
 pub mod frame;
 pub mod handshake;
 pub mod lines;
@@ -46,7 +47,9 @@ pub mod util;
 #[cfg(feature = "relay")]
 pub mod visit;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+
+use smol::Async;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +59,7 @@ use crate::arena::Arena;
 use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
 use crate::error::Result;
+use crate::forward::Forward;
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -70,6 +74,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 enum Role_ {
     Server(Server),
     Client(Client),
+    Forward(Forward),
     #[cfg(feature = "relay")]
     Relay(relay::Relay),
     #[cfg(feature = "relay")]
@@ -123,10 +128,19 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
             let (t, p) = (s.tunnel_addr()?, s.public_addr()?);
             (Role_::Server(s), Some(t), Some(p), 1)
         }
-        Role::Client => {
-            let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
-            (Role_::Client(c), None, None, 2)
-        }
+        Role::Client => match single_end(&cfg).await? {
+            Some(listener) => {
+                let f =
+                    Forward::with_listener(listener, cfg, stats.clone(), bufs, shutdown.clone())
+                        .await?;
+                let p = f.local_addr()?;
+                (Role_::Forward(f), None, Some(p), 1)
+            }
+            None => {
+                let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
+                (Role_::Client(c), None, None, 2)
+            }
+        },
         #[cfg(feature = "relay")]
         Role::Relay => {
             let r = relay::Relay::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
@@ -181,6 +195,29 @@ fn udp_buf_len(cfg: &Config) -> usize {
     cfg.tuning.udp_buf
 }
 
+/// A client's mode: `mode=1` forwards locally (the listener is bound here, so a taken port
+/// fails at start), `mode=2` is a tunnel client, and `mode=0` (NodePass's auto) forwards
+/// locally exactly when the tunnel address can be bound on this machine. A client of a relay
+/// (`name=`) is always a tunnel client.
+async fn single_end(cfg: &Config) -> Result<Option<Async<TcpListener>>> {
+    match cfg.mode {
+        1 => Ok(Some(
+            net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?,
+        )),
+        0 if cfg.name.is_none() => {
+            let l = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await.ok();
+            if l.is_some() {
+                log::info!(
+                    "mode=0: {} is a local address, forwarding without a server",
+                    cfg.tunnel
+                );
+            }
+            Ok(l)
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Node {
     /// The relay's own counters (reservations, connections, refusals by code); relay only.
     #[cfg(feature = "relay")]
@@ -233,6 +270,7 @@ impl Node {
         let res = match self.role {
             Role_::Server(s) => s.run().await,
             Role_::Client(c) => c.run().await,
+            Role_::Forward(f) => f.run().await,
             #[cfg(feature = "relay")]
             Role_::Relay(r) => r.run().await,
             #[cfg(feature = "relay")]
