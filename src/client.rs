@@ -20,6 +20,7 @@ use crate::handshake;
 use crate::lines::LineReader;
 use crate::proxy;
 use crate::rate::Limits;
+use crate::server;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
@@ -50,6 +51,8 @@ pub(crate) struct Inner {
     /// Round-robin position among the targets for UDP flows.
     #[cfg(feature = "udp")]
     pub(crate) next_udp: AtomicUsize,
+    /// Forward flow: the user-facing taker, made at the first forward-flow session.
+    pub(crate) ingress: smol::lock::Mutex<Option<Arc<server::Inner>>>,
     /// This process's device id for relay reservations (lets it take its own name over).
     #[cfg(feature = "relay")]
     pub(crate) device: [u8; crate::signal::NONCE_LEN],
@@ -67,6 +70,10 @@ struct Pool {
     tcp: bool,
     /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
     udp: bool,
+    /// Forward flow: the queue this side takes pool connections from for its users.
+    queue: Option<Arc<server::Session>>,
+    /// Pool connections queued since the last tick (forward flow).
+    offered: AtomicUsize,
 }
 
 /// A client, ready to run.
@@ -149,6 +156,7 @@ impl Inner {
             warn: RateLimit::new(Duration::from_secs(5)),
             #[cfg(feature = "udp")]
             next_udp: AtomicUsize::new(0),
+            ingress: smol::lock::Mutex::new(None),
             #[cfg(feature = "relay")]
             device: crate::auth::random(),
         }
@@ -200,18 +208,88 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
             Err(Error::Timeout("session reply"))
         })
         .await?;
-    let (sid, max, tcp, udp) = match reply {
+    let (sid, max, tcp, udp, forward) = match reply {
         Signal::Session {
-            sid, max, tcp, udp, ..
-        } => (sid, max as usize, tcp, udp),
+            sid,
+            max,
+            tcp,
+            udp,
+            forward,
+        } => (sid, max as usize, tcp, udp, forward),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected session").into()),
     };
-    Ok(run_pool(inner, conn, lines, sid, max, (tcp, udp), |m| m).await)
+    if !forward {
+        return Ok(run_pool(inner, conn, lines, sid, max, (tcp, udp), None, |m| m).await);
+    }
+    // Forward flow: users connect here and ride the pool; the server dials the targets.
+    let ingress = ingress(inner).await?;
+    let queue = server::Session::new(inner.cfg.max.min(max).max(1));
+    ingress.set_session(Some(queue.clone()));
+    let end = run_pool(
+        inner,
+        conn,
+        lines,
+        sid,
+        max,
+        (tcp, udp),
+        Some(queue.clone()),
+        |m| m,
+    )
+    .await;
+    ingress.set_session(None);
+    queue.close();
+    Ok(end)
+}
+
+/// The listeners of forward flow, bound on the client's address at the first forward-flow
+/// session and kept (with their accept loops) until shutdown.
+async fn ingress(inner: &Arc<Inner>) -> Result<Arc<server::Inner>> {
+    let mut slot = inner.ingress.lock().await;
+    if let Some(i) = slot.as_ref() {
+        return Ok(i.clone());
+    }
+    let at = inner
+        .cfg
+        .targets
+        .first()
+        .ok_or(Error::Proto(ProtoError::Unexpected("no listen address")))?;
+    let users = crate::net::listen(at, inner.cfg.tuning.dial_timeout).await?;
+    let ing = server::Inner::ingress(
+        inner.cfg.clone(),
+        inner.stats.clone(),
+        inner.arena.clone(),
+        inner.shutdown.clone(),
+    );
+    #[cfg(feature = "udp")]
+    let users = match (&inner.udp_arena, inner.cfg.noudp) {
+        (Some(arena), false) => {
+            let (users, sock) =
+                crate::udp::bind_beside(users, at, inner.cfg.tuning.dial_timeout).await?;
+            let (ing, arena, stop) = (ing.clone(), arena.clone(), inner.shutdown.clone());
+            smol::spawn(async move {
+                crate::udp::serve(ing, Arc::new(sock), arena)
+                    .or(stop.wait())
+                    .await
+            })
+            .detach();
+            users
+        }
+        _ => users,
+    };
+    log::info!(
+        "client: forward flow: users connect to {}, the server dials its targets",
+        users.get_ref().local_addr()?
+    );
+    let (ing2, stop) = (ing.clone(), inner.shutdown.clone());
+    smol::spawn(async move { server::accept_users(ing2, users).or(stop.wait()).await }).detach();
+    *slot = Some(ing.clone());
+    Ok(ing)
 }
 
 /// Keep the warm pool of session `sid` (at most `max`, the server's bound) and run the
 /// control loop with the pool manager, wrapped by `wrap` (the relay device adds refreshes).
+#[allow(clippy::too_many_arguments)] // one call site per flow kind; a struct would only rename them
 pub(crate) async fn run_pool<H: Handler>(
     inner: &Arc<Inner>,
     conn: Conn,
@@ -219,6 +297,7 @@ pub(crate) async fn run_pool<H: Handler>(
     sid: [u8; SID_LEN],
     max: usize,
     (tcp, udp): (bool, bool),
+    queue: Option<Arc<server::Session>>,
     wrap: impl FnOnce(PoolManager) -> H,
 ) -> End {
     let max = inner.cfg.max.min(max).max(1);
@@ -243,6 +322,8 @@ pub(crate) async fn run_pool<H: Handler>(
         used: AtomicUsize::new(0),
         tcp,
         udp,
+        queue,
+        offered: AtomicUsize::new(0),
     });
     let mgr = PoolManager {
         inner: inner.clone(),
@@ -252,6 +333,7 @@ pub(crate) async fn run_pool<H: Handler>(
         capacity: min,
         interval: inner.cfg.tuning.min_pool_interval,
         trims: 0,
+        last_idle: 0,
     };
     let end = Control::new(
         conn,
@@ -276,6 +358,8 @@ pub(crate) struct PoolManager {
     interval: Duration,
     /// Ticks until another `trim` may be sent (the previous one must take effect first).
     trims: u32,
+    /// Forward flow: the queue length at the last tick.
+    last_idle: usize,
 }
 
 impl Handler for PoolManager {
@@ -285,8 +369,21 @@ impl Handler for PoolManager {
 
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration) {
         let cfg = &self.inner.cfg.tuning;
-        let idle = self.pool.idle.load(Relaxed);
-        let used = self.pool.used.swap(0, Relaxed);
+        let (idle, used) = match &self.pool.queue {
+            // Forward flow: users take from the local queue; what left it since the last
+            // tick, beyond what was queued, was used.
+            Some(q) => {
+                let now = q.idle_len();
+                let offered = self.pool.offered.swap(0, Relaxed);
+                let used = (self.last_idle + offered).saturating_sub(now);
+                self.last_idle = now;
+                (now, used)
+            }
+            None => (
+                self.pool.idle.load(Relaxed),
+                self.pool.used.swap(0, Relaxed),
+            ),
+        };
         let cap = self.capacity;
         // NodePass's rule: tick faster while the pool runs low, slower while it is full.
         if idle * 5 < cap {
@@ -314,6 +411,11 @@ impl Handler for PoolManager {
         let surplus = idle.saturating_sub(self.capacity);
         if surplus > 0 && self.trims == 0 {
             self.trims = 10;
+            if let Some(q) = &self.pool.queue {
+                // We are the taker: close our own surplus; the server sees them close.
+                q.trim(surplus);
+                return (None, self.interval);
+            }
             return (Some(Signal::Trim(surplus as u32)), self.interval);
         }
         (None, self.interval)
@@ -336,7 +438,7 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     })
     .await;
     pool.dialing.fetch_sub(1, Relaxed);
-    let (mut conn, mut lines, id) = match opened {
+    let (conn, lines, id) = match opened {
         Ok(x) => x,
         Err(Error::Shutdown) => return,
         Err(e) => {
@@ -346,49 +448,87 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             return;
         }
     };
+    // Forward flow: this side takes pool connections for its own users.
+    if let Some(q) = &pool.queue {
+        if q.offer(server::PoolConn { id, conn }) {
+            pool.offered.fetch_add(1, Relaxed);
+            inner.stats.pool_idle.store(q.idle_len(), Relaxed);
+        }
+        return;
+    }
     inner
         .stats
         .pool_idle
         .store(pool.idle.fetch_add(1, Relaxed) + 1, Relaxed);
+    let taken = || {
+        inner
+            .stats
+            .pool_idle
+            .store(pool.idle.fetch_sub(1, Relaxed).saturating_sub(1), Relaxed);
+    };
+    watch(
+        &inner,
+        conn,
+        lines,
+        id,
+        &pool.end,
+        (pool.tcp, pool.udp),
+        || {
+            taken();
+            pool.used.fetch_add(1, Relaxed);
+        },
+    )
+    .await;
+}
+
+/// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
+/// then carry the TCP user or UDP flow it announces to a target. `taken` runs once the wait
+/// is over, whatever ended it. Used by the client in reverse flow and by the server in
+/// forward flow.
+pub(crate) async fn watch(
+    inner: &Arc<Inner>,
+    mut conn: Conn,
+    mut lines: LineReader,
+    id: u32,
+    end: &Shutdown,
+    (tcp, udp_on): (bool, bool),
+    taken: impl FnOnce(),
+) {
     let first = async { Some(lines.next(&mut conn).await) }
         .or(async {
-            pool.end.wait().await;
+            end.wait().await;
             None
         })
         .await;
-    inner
-        .stats
-        .pool_idle
-        .store(pool.idle.fetch_sub(1, Relaxed) - 1, Relaxed);
+    taken();
     let (udp, peer) = match first {
         None => return,
         Some(Ok(Signal::Tcp { id: got, peer })) if got == id => (false, peer),
         Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer),
         Some(Ok(other)) => {
-            log::warn!("client: pool connection {id}: unexpected {other:?}, closed");
+            log::warn!("pool connection {id}: unexpected {other:?}, closed");
             return;
         }
         Some(Err(e)) => {
-            log::debug!("client: idle pool connection {id} closed: {e}");
+            log::debug!("idle pool connection {id} closed: {e}");
             return;
         }
     };
-    if (udp && !pool.udp) || (!udp && !pool.tcp) {
+    if (udp && !udp_on) || (!udp && !tcp) {
         let what = if udp { "UDP" } else { "TCP" };
         inner.stats.refused.fetch_add(1, Relaxed);
         if inner.warn.allow() {
-            log::warn!("client: {what} user {peer} refused: {what} is off on this tunnel");
+            log::warn!("{what} user {peer} refused: {what} is off on this tunnel");
         }
         return;
     }
-    pool.used.fetch_add(1, Relaxed);
     #[cfg(feature = "udp")]
     if udp {
-        crate::udp::serve_client(&inner, conn, lines.leftover(), id, peer).await;
+        crate::udp::serve_client(inner, conn, lines.leftover(), id, peer).await;
         return;
     }
-    log::debug!("client: user {peer} on pool connection {id}");
-    serve_tcp(&inner, conn, lines.leftover(), peer).await;
+    log::debug!("user {peer} on pool connection {id}");
+    serve_tcp(inner, conn, lines.leftover(), peer).await;
 }
 
 /// Carry one user connection to a target: `early` are user bytes that arrived with the

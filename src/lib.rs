@@ -126,7 +126,12 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         Role::Server => {
             let s = Server::bind(cfg, stats.clone(), bufs, shutdown.clone()).await?;
             let (t, p) = (s.tunnel_addr()?, s.public_addr()?);
-            (Role_::Server(s), Some(t), Some(p), 1)
+            (
+                Role_::Server(s),
+                Some(t),
+                p,
+                if p.is_some() { 1 } else { 2 },
+            )
         }
         Role::Client => match single_end(&cfg).await? {
             Some(listener) => {

@@ -17,6 +17,7 @@ use smol::{Async, Timer};
 
 use crate::arena::Arena;
 use crate::auth::{self, Key};
+use crate::client;
 use crate::config::Config;
 use crate::control::{self, Control, Handler};
 use crate::copy;
@@ -54,7 +55,8 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(max: usize) -> Arc<Session> {
+    /// A new session holding at most `max` idle pool connections.
+    pub(crate) fn new(max: usize) -> Arc<Session> {
         let (idle_tx, idle_rx) = bounded(max.max(1));
         Arc::new(Session {
             sid: auth::random::<SID_LEN>(),
@@ -63,6 +65,25 @@ impl Session {
             next_id: AtomicU32::new(1),
             end: Shutdown::new(),
         })
+    }
+
+    /// Queue an idle pool connection; `false` (and the connection closed) when full.
+    pub(crate) fn offer(&self, pc: PoolConn) -> bool {
+        self.idle_tx.try_send(pc).is_ok()
+    }
+
+    /// Idle pool connections queued now.
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle_tx.len()
+    }
+
+    /// Close up to `n` idle pool connections, oldest first; never one in use.
+    pub(crate) fn trim(&self, n: usize) {
+        for _ in 0..n {
+            if self.idle_rx.try_recv().is_err() {
+                break;
+            }
+        }
     }
 
     /// Close the session and every idle connection it holds.
@@ -84,9 +105,40 @@ pub(crate) struct Inner {
     refusals: RateLimit,
     /// `rate=`: the process's token buckets.
     limits: Option<Limits>,
+    /// Forward flow (`mode=2`): the server dials the targets for the client's users, with the
+    /// client's own machinery (dialer, failover, PROXY header, UDP).
+    egress: Option<Arc<client::Inner>>,
 }
 
 impl Inner {
+    /// The user-facing half of a taker, for a client in forward flow: users arrive on the
+    /// client and ride the pool connections it queues in the current session.
+    pub(crate) fn ingress(
+        cfg: Config,
+        stats: Arc<Stats>,
+        arena: Arc<Arena>,
+        shutdown: Shutdown,
+    ) -> Arc<Inner> {
+        Arc::new(Inner {
+            limits: Limits::new(cfg.rate),
+            cfg,
+            // Never used: the ingress authenticates nobody.
+            key: Key::new(b""),
+            stats,
+            arena,
+            shutdown,
+            session: Mutex::new(None),
+            pending: AtomicUsize::new(0),
+            refusals: RateLimit::new(Duration::from_secs(1)),
+            egress: None,
+        })
+    }
+
+    /// Make `sess` the session users are served from (`None`: no session now).
+    pub(crate) fn set_session(&self, sess: Option<Arc<Session>>) {
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = sess;
+    }
+
     fn current(&self) -> Option<Arc<Session>> {
         self.session
             .lock()
@@ -99,7 +151,8 @@ impl Inner {
 pub struct Server {
     inner: Arc<Inner>,
     tunnel: Async<TcpListener>,
-    users: Async<TcpListener>,
+    /// The public listener; `None` in forward flow (the client accepts users).
+    users: Option<Async<TcpListener>>,
     /// The UDP socket on the public address, and the arena its flows lease buffers from.
     #[cfg(feature = "udp")]
     udp: Option<(Arc<Async<UdpSocket>>, Arc<Arena>)>,
@@ -120,14 +173,36 @@ impl Server {
             .targets
             .first()
             .ok_or(Error::Proto(ProtoError::Unexpected("no public address")))?;
-        let users = net::listen(target, t).await?;
+        // NodePass's server modes: 1 reverse (users here), 2 forward (users on the client,
+        // targets dialed here), 0 reverse if the address binds here and forward otherwise.
+        let users = match cfg.mode {
+            2 => None,
+            1 => Some(net::listen(target, t).await?),
+            _ => match net::listen(target, t).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    log::info!(
+                        "mode=0: cannot listen on {target} ({e}): forward flow, the client accepts users and this server dials {target}"
+                    );
+                    None
+                }
+            },
+        };
+        let egress = users.is_none().then(|| {
+            Arc::new(client::Inner::new(
+                cfg.clone(),
+                stats.clone(),
+                (arena.clone(), udp_arena.clone()),
+                shutdown.clone(),
+            ))
+        });
         #[cfg(feature = "udp")]
-        let (users, udp) = match udp_arena {
-            Some(a) => {
+        let (users, udp) = match (users, udp_arena) {
+            (Some(users), Some(a)) => {
                 let (users, sock) = crate::udp::bind_beside(users, target, t).await?;
-                (users, Some((Arc::new(sock), a)))
+                (Some(users), Some((Arc::new(sock), a)))
             }
-            None => (users, None),
+            (users, _) => (users, None),
         };
         #[cfg(not(feature = "udp"))]
         drop(udp_arena);
@@ -142,6 +217,7 @@ impl Server {
             session: Mutex::new(None),
             pending: AtomicUsize::new(0),
             refusals: RateLimit::new(Duration::from_secs(1)),
+            egress,
         });
         Ok(Server {
             inner,
@@ -157,9 +233,12 @@ impl Server {
         Ok(self.tunnel.get_ref().local_addr()?)
     }
 
-    /// The public (user) port's address.
-    pub fn public_addr(&self) -> Result<SocketAddr> {
-        Ok(self.users.get_ref().local_addr()?)
+    /// The public (user) port's address; `None` in forward flow.
+    pub fn public_addr(&self) -> Result<Option<SocketAddr>> {
+        Ok(match &self.users {
+            Some(u) => Some(u.get_ref().local_addr()?),
+            None => None,
+        })
     }
 
     /// Serve until shutdown.
@@ -177,18 +256,27 @@ impl Server {
             (true, true) => "UDP",
             (true, false) => "nothing (notcp=1, and UDP off)",
         };
-        log::info!(
-            "server: tunnel on {}, users on {} ({proto})",
-            tunnel.get_ref().local_addr()?,
-            users.get_ref().local_addr()?
-        );
+        match &users {
+            Some(u) => log::info!(
+                "server: tunnel on {}, users on {} ({proto})",
+                tunnel.get_ref().local_addr()?,
+                u.get_ref().local_addr()?
+            ),
+            None => log::info!(
+                "server: tunnel on {}, forward flow: users connect to the client, this server dials {}",
+                tunnel.get_ref().local_addr()?,
+                inner.cfg.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+            ),
+        }
         let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
-        let u = smol::spawn(accept_users(inner.clone(), users));
+        let u = users.map(|users| smol::spawn(accept_users(inner.clone(), users)));
         #[cfg(feature = "udp")]
         let d = udp.map(|(sock, arena)| smol::spawn(crate::udp::serve(inner.clone(), sock, arena)));
         inner.shutdown.wait().await;
         t.cancel().await;
-        u.cancel().await;
+        if let Some(u) = u {
+            u.cancel().await;
+        }
         #[cfg(feature = "udp")]
         if let Some(d) = d {
             d.cancel().await;
@@ -280,8 +368,13 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             if send(&mut conn, &Signal::Pooled { id }).await.is_err() {
                 return;
             }
-            if sess.idle_tx.try_send(PoolConn { id, conn }).is_ok() {
-                inner.stats.pool_idle.store(sess.idle_tx.len(), Relaxed);
+            if let Some(egress) = &inner.egress {
+                // Forward flow: the client takes this connection for a user; wait for its
+                // opening line here and dial the target.
+                let proto = (!inner.cfg.notcp, crate::udp_enabled(&inner.cfg));
+                client::watch(egress, conn, lines, id, &sess.end, proto, || {}).await;
+            } else if sess.offer(PoolConn { id, conn }) {
+                inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
             }
         }
     }
@@ -291,7 +384,7 @@ async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer
     let sess = Session::new(inner.cfg.max);
     let sig = Signal::Session {
         sid: sess.sid,
-        forward: false,
+        forward: inner.egress.is_some(),
         max: inner.cfg.max as u32,
         tcp: !inner.cfg.notcp,
         udp: crate::udp_enabled(&inner.cfg),
@@ -354,12 +447,8 @@ struct Taker {
 impl Taker {
     /// Close up to `n` idle pool connections, oldest first; never one in use.
     fn trim(&self, n: usize) {
-        for _ in 0..n {
-            if self.sess.idle_rx.try_recv().is_err() {
-                break;
-            }
-        }
-        self.stats.pool_idle.store(self.sess.idle_tx.len(), Relaxed);
+        self.sess.trim(n);
+        self.stats.pool_idle.store(self.sess.idle_len(), Relaxed);
     }
 }
 
@@ -379,7 +468,8 @@ impl Handler for Taker {
     }
 }
 
-async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
+/// Accept users and carry each on a pool connection of the current session.
+pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
     let mut errors = 0u32;
     loop {
         let (s, peer) = match l.accept().await {

@@ -113,3 +113,88 @@ fn mode_1_on_a_taken_address_fails_at_start() {
         assert!(res.is_err(), "binding a taken address must fail");
     });
 }
+
+/// A port that was free a moment ago (the client binds it itself in forward flow).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Poll until `addr` accepts TCP connections (bounded by `WAIT`).
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while smol::Async::<std::net::TcpStream>::connect(addr)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} never listened"
+        );
+        smol::Timer::after(Duration::from_millis(20)).await;
+    }
+}
+
+/// Forward flow: users connect to the client, the server dials the target.
+async fn forward_flow(server_query: &str, target: SocketAddr) -> (Running, Running, SocketAddr) {
+    let server = start(&format!("server://fk@127.0.0.1:0/{target}{server_query}")).await;
+    assert!(
+        server.public.is_none(),
+        "a forward-flow server listens for no users"
+    );
+    let tunnel = server.tunnel.expect("tunnel");
+    let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let client = start(&format!("client://fk@{tunnel}/{local}")).await;
+    wait_listening(local).await;
+    (server, client, local)
+}
+
+#[test]
+fn mode_2_server_dials_the_target_and_the_client_accepts_users() {
+    smol::block_on(async {
+        let (target, _t) = echo_server();
+        let (server, client, local) = forward_flow("?mode=2", target).await;
+        let data = pattern(1 << 20, 3);
+        assert_eq!(round_trip(local, &data).await, data);
+        // Many users at once, each on its own pool connection.
+        let tasks: Vec<_> = (0..50u32)
+            .map(|i| {
+                smol::spawn(async move {
+                    let d = pattern(10_000, i);
+                    assert_eq!(round_trip(local, &d).await, d, "user {i}");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        assert!(
+            server.stats.tcp_rx.get() > 0,
+            "the server carried the bytes to the target"
+        );
+        assert!(client.stats.tcp_rx.get() > 0);
+    });
+}
+
+#[test]
+fn mode_0_server_picks_forward_flow_when_the_target_address_is_taken() {
+    smol::block_on(async {
+        // The target itself holds the address, so the server cannot listen there.
+        let (target, _t) = echo_server();
+        let (_server, _client, local) = forward_flow("", target).await;
+        assert_eq!(round_trip(local, b"auto forward").await, b"auto forward");
+    });
+}
+
+#[test]
+fn mode_2_carries_udp() {
+    smol::block_on(async {
+        let (target, _u) = udp_echo();
+        // The UDP echo holds only the UDP port; the server must not listen there anyway.
+        let (_server, _client, local) = forward_flow("?mode=2", target).await;
+        for size in [1usize, 1400, 65507] {
+            let d = pattern(size, size as u32);
+            assert_eq!(udp_round_trip(local, &d).await, d, "{size}-byte datagram");
+        }
+    });
+}

@@ -58,6 +58,7 @@ pub(crate) async fn session(inner: &Arc<client::Inner>, name: &str) -> Result<En
         sid,
         max as usize,
         (true, false),
+        None,
         |pool| Refresher {
             pool,
             every,
