@@ -19,9 +19,11 @@ use crate::handshake;
 use crate::lines::LineReader;
 use crate::net;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, SID_LEN};
+use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+#[cfg(feature = "tls")]
+use crate::tls::{self, ClientTls};
 use crate::util::{backoff, RateLimit};
 
 /// Pool tick adjustment step (NodePass's rule).
@@ -33,8 +35,13 @@ pub(crate) struct Inner {
     stats: Arc<Stats>,
     arena: Arc<Arena>,
     shutdown: Shutdown,
-    /// The TLS mode learned from the server (0 until told otherwise).
+    /// The TLS mode to dial with: learned from the server, never below `tls_floor`.
     tls: AtomicU8,
+    /// The mode the URL asks for (`tls=`, or 2 with `ca=`/`sni=`); 0 means learn it.
+    tls_floor: u8,
+    /// The TLS configurations (pinning for tls=1, webpki for tls=2).
+    #[cfg(feature = "tls")]
+    tls_cfg: ClientTls,
     /// Round-robin position among the targets.
     next_target: AtomicUsize,
     warn: RateLimit,
@@ -43,6 +50,8 @@ pub(crate) struct Inner {
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
 struct Pool {
     sid: [u8; SID_LEN],
+    /// The TLS mode the session's control connection used: every pool connection uses it too.
+    tls: u8,
     end: Shutdown,
     idle: AtomicUsize,
     dialing: AtomicUsize,
@@ -56,22 +65,34 @@ pub struct Client {
 }
 
 impl Client {
-    /// Prepare a client; nothing is dialed until [`Client::run`].
-    pub fn new(cfg: Config, stats: Arc<Stats>, arena: Arc<Arena>, shutdown: Shutdown) -> Client {
+    /// Prepare a client; nothing is dialed until [`Client::run`]. A bad `ca=` file or `sni=`
+    /// is an [`Error::Config`].
+    pub fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        arena: Arc<Arena>,
+        shutdown: Shutdown,
+    ) -> Result<Client> {
         let key = Key::new(&cfg.key_bytes());
-        let tls = AtomicU8::new(0);
-        Client {
+        #[cfg(feature = "tls")]
+        let (tls_floor, tls_cfg) = (tls::client::initial_mode(&cfg), ClientTls::new(&cfg)?);
+        #[cfg(not(feature = "tls"))]
+        let tls_floor = 0;
+        Ok(Client {
             inner: Arc::new(Inner {
                 cfg,
                 key,
                 stats,
                 arena,
                 shutdown,
-                tls,
+                tls: AtomicU8::new(tls_floor),
+                tls_floor,
+                #[cfg(feature = "tls")]
+                tls_cfg,
                 next_target: AtomicUsize::new(0),
                 warn: RateLimit::new(Duration::from_secs(5)),
             }),
-        }
+        })
     }
 
     /// Keep a session up until shutdown.
@@ -92,12 +113,21 @@ impl Client {
                     log::warn!("client: session with {server} ended: {end}");
                     attempt = 0;
                 }
-                Err(Error::Proto(ProtoError::NeedTls(mode))) => {
+                // Only a plaintext attempt can be told to switch, and only up: the hint is not
+                // authenticated, the mode is (the `challenge` on the TLS connection proves it).
+                Err(Error::Proto(ProtoError::NeedTls(mode)))
+                    if inner.tls.load(Relaxed) == 0 && mode != 0 =>
+                {
                     log::info!("client: server {server} uses tls={mode}; switching");
                     inner.tls.store(mode, Relaxed);
                     continue;
                 }
-                Err(e) => log::warn!("client: cannot open a session with {server}: {e}"),
+                Err(e) => {
+                    log::warn!("client: cannot open a session with {server}: {e}");
+                    // Learn the mode again next time: the server may have been reconfigured,
+                    // and a forged `tls` hint must not stick.
+                    inner.tls.store(inner.tls_floor, Relaxed);
+                }
             }
             let delay = backoff(inner.cfg.tuning.service_cooldown, attempt);
             attempt = attempt.saturating_add(1);
@@ -113,23 +143,32 @@ impl Client {
     }
 }
 
-/// Dial the server and bring up the transport the server uses. Returns the connection, its
-/// TLS mode and the certificate fingerprint seen.
-async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
+/// Dial the server and bring up the transport for TLS `mode` (0 plain, 1 pinned, 2 verified).
+/// Returns the connection, its TLS mode and the fingerprint of the certificate seen.
+async fn dial_tunnel(inner: &Inner, mode: u8) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
     let tcp = net::dial(&inner.cfg.tunnel, inner.cfg.tuning.dial_timeout).await?;
-    let mode = inner.tls.load(Relaxed);
-    if mode != 0 {
-        return Err(Error::Tls(format!(
-            "tls={mode} is not supported by this build"
-        )));
+    if mode == 0 {
+        return Ok((Conn::Plain(tcp), 0, None));
     }
-    Ok((Conn::Plain(tcp), 0, None))
+    #[cfg(feature = "tls")]
+    {
+        let (conn, fp) = inner.tls_cfg.connect(mode, tcp).await?;
+        Ok((conn, mode, Some(fp)))
+    }
+    #[cfg(not(feature = "tls"))]
+    Err(Error::Unsupported("TLS (the server uses tls=1 or tls=2)"))
 }
 
-/// Dial and authenticate one connection of `kind`, bounded by `HANDSHAKE_TIMEOUT`.
-async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(Conn, LineReader)> {
+/// Dial and authenticate one connection of `kind` in TLS `mode`, bounded by
+/// `HANDSHAKE_TIMEOUT` + `DIAL_TIMEOUT`.
+async fn open(
+    inner: &Inner,
+    mode: u8,
+    kind: Kind,
+    sid: Option<[u8; SID_LEN]>,
+) -> Result<(Conn, LineReader)> {
     let work = async {
-        let (mut conn, tls, fp) = dial_tunnel(inner).await?;
+        let (mut conn, tls, fp) = dial_tunnel(inner, mode).await?;
         let mut lines = LineReader::new();
         handshake::connect(&mut conn, &mut lines, &inner.key, kind, sid, tls, fp).await?;
         Ok((conn, lines))
@@ -142,7 +181,8 @@ async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(
 }
 
 async fn session(inner: &Arc<Inner>) -> Result<End> {
-    let (mut conn, mut lines) = open(inner, Kind::Ctl, None).await?;
+    let mode = inner.tls.load(Relaxed);
+    let (mut conn, mut lines) = open(inner, mode, Kind::Ctl, None).await?;
     let reply = async { lines.next(&mut conn).await }
         .or(async {
             Timer::after(inner.cfg.tuning.handshake_timeout).await;
@@ -157,11 +197,12 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
     log::info!(
-        "client: session up with {} (pool {min}..{max})",
+        "client: session up with {} (pool {min}..{max}, tls={mode})",
         inner.cfg.tunnel
     );
     let pool = Arc::new(Pool {
         sid,
+        tls: mode,
         end: Shutdown::new(),
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
@@ -246,7 +287,7 @@ impl Handler for PoolManager {
 /// One pool connection: dial, authenticate, wait idle for its opening line, then serve it.
 async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     let opened = async {
-        let (mut conn, mut lines) = open(&inner, Kind::Pool, Some(pool.sid)).await?;
+        let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
         match lines.next(&mut conn).await? {
             Signal::Pooled { id } => Ok((conn, lines, id)),
             Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),

@@ -33,6 +33,8 @@ pub mod shutdown;
 pub mod signal;
 pub mod stats;
 pub mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod util;
 
 use std::net::SocketAddr;
@@ -72,7 +74,16 @@ pub struct Node {
 }
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
+///
+/// Configuration problems found here (tls=2 certificate files, `ca=`) are [`Error::Config`]
+/// and nothing is bound; the binary exits 2 for them.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
+    #[cfg(not(feature = "tls"))]
+    if cfg.tls != config::TlsMode::Off
+        || (cfg.role == Role::Client && (cfg.ca.is_some() || cfg.sni.is_some()))
+    {
+        return Err(Error::Unsupported("TLS (tls=1, tls=2, ca=, sni=)"));
+    }
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::new(cfg.slot.saturating_mul(2), cfg.tuning.tcp_buf)?;
@@ -88,7 +99,7 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
             (Role_::Server(s), Some(t), Some(p), 1)
         }
         Role::Client => {
-            let c = Client::new(cfg, stats.clone(), arena.clone(), shutdown.clone());
+            let c = Client::new(cfg, stats.clone(), arena.clone(), shutdown.clone())?;
             (Role_::Client(c), None, None, 2)
         }
         Role::Relay | Role::Visit => return Err(Error::Unsupported("the relay and visit roles")),

@@ -23,10 +23,17 @@ use crate::handshake::{self, refuse};
 use crate::lines::{send, LineReader};
 use crate::net;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, SID_LEN};
+use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+#[cfg(feature = "tls")]
+use crate::tls::ServerTls;
 use crate::util::{accept_backoff, RateLimit};
+
+/// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
+/// never does.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Tunnel-port connections allowed to be mid-handshake at once; more are closed at accept.
 pub const MAX_PENDING: usize = 256;
@@ -79,6 +86,9 @@ pub(crate) struct Inner {
     session: Mutex<Option<Arc<Session>>>,
     pending: AtomicUsize,
     refusals: RateLimit,
+    /// The certificate and its configuration (tls=1, tls=2).
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Inner {
@@ -98,13 +108,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind the tunnel and public listeners.
+    /// Load the TLS certificate (tls=1, tls=2), then bind the tunnel and public listeners.
+    /// A bad certificate or key file is an [`Error::Config`] and nothing is bound.
     pub async fn bind(
         cfg: Config,
         stats: Arc<Stats>,
         arena: Arc<Arena>,
         shutdown: Shutdown,
     ) -> Result<Server> {
+        #[cfg(feature = "tls")]
+        let tls = ServerTls::new(&cfg)?;
         let t = cfg.tuning.dial_timeout;
         let tunnel = net::listen(&cfg.tunnel, t).await?;
         let target = cfg
@@ -122,6 +135,8 @@ impl Server {
             session: Mutex::new(None),
             pending: AtomicUsize::new(0),
             refusals: RateLimit::new(Duration::from_secs(1)),
+            #[cfg(feature = "tls")]
+            tls,
         });
         Ok(Server {
             inner,
@@ -154,9 +169,15 @@ impl Server {
         );
         let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
         let u = smol::spawn(accept_users(inner.clone(), users));
+        #[cfg(feature = "tls")]
+        let w = inner.tls.clone().map(|tls| smol::spawn(tls.watch()));
         inner.shutdown.wait().await;
         t.cancel().await;
         u.cancel().await;
+        #[cfg(feature = "tls")]
+        if let Some(w) = w {
+            w.cancel().await;
+        }
         if let Some(s) = inner.current() {
             s.close();
         }
@@ -201,8 +222,8 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
-        let mut conn = Conn::Plain(s);
-        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, 0, None).await?;
+        let (mut conn, tls, fp) = transport(&inner, s, &mut lines).await?;
+        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, tls, fp).await?;
         Ok((conn, hello))
     };
     let res = shake
@@ -214,6 +235,10 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     drop(pending);
     let (mut conn, hello) = match res {
         Ok(x) => x,
+        Err(Error::Proto(ProtoError::NeedTls(mode))) => {
+            log::debug!("tunnel: {peer} spoke plaintext; told it to use tls={mode}");
+            return;
+        }
         Err(e) => {
             inner.stats.bad_peers.fetch_add(1, Relaxed);
             log::warn!("tunnel: {peer} refused: {e}");
@@ -241,6 +266,40 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             }
         }
     }
+}
+
+/// The transport of a tunnel-port connection: plain TCP for tls=0. For tls=1 and tls=2, a TLS
+/// accept when the first byte is a TLS record; otherwise the peer is a client that has not
+/// learned our mode yet: its plaintext `hello` gets `tls <mode>` and the connection ends
+/// (returned as [`ProtoError::NeedTls`]). Returns the connection, its mode and the fingerprint
+/// of the certificate it was accepted with.
+async fn transport(
+    inner: &Inner,
+    s: Async<TcpStream>,
+    lines: &mut LineReader,
+) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &inner.tls {
+        let mut first = [0u8; 1];
+        if s.peek(&mut first).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if first[0] == TLS_HANDSHAKE_RECORD {
+            let (conn, fp) = tls.accept(s).await?;
+            return Ok((conn, tls.mode(), Some(fp)));
+        }
+        let mut conn = Conn::Plain(s);
+        return match lines.next(&mut conn).await? {
+            Signal::Hello { .. } => {
+                send(&mut conn, &Signal::UseTls { mode: tls.mode() }).await?;
+                Err(ProtoError::NeedTls(tls.mode()).into())
+            }
+            _ => Err(ProtoError::Unexpected("expected hello or a TLS ClientHello").into()),
+        };
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = (inner, lines);
+    Ok((Conn::Plain(s), 0, None))
 }
 
 async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer: SocketAddr) {
