@@ -169,6 +169,9 @@ pub fn describe(e: &io::Error) -> String {
             CertificateError::UnknownIssuer => {
                 "unknown issuer: the certificate is not signed by a trusted CA".into()
             }
+            CertificateError::BadSignature => {
+                "bad signature: the certificate is not signed by the trusted CA it names".into()
+            }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!("name mismatch: {c}")
             }

@@ -73,10 +73,16 @@ pub struct Running {
 
 /// Bind and start a role from a URL.
 pub async fn start(url: &str) -> Running {
+    start_cfg(cfg(url)).await
+}
+
+/// Bind and start a role from a parsed configuration.
+pub async fn start_cfg(cfg: Config) -> Running {
     let stop = Shutdown::new();
-    let node = edgepass::bind(cfg(url), stop.clone())
+    let what = format!("{:?} {}", cfg.role, cfg.tunnel);
+    let node = edgepass::bind(cfg, stop.clone())
         .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     Running {
         tunnel: node.tunnel_addr(),
         public: node.public_addr(),
