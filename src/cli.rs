@@ -87,8 +87,9 @@ ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
 
 QUERY KEYS (default in brackets):
     log=none|debug|info|warn|error|event [info]   tls=0|1|2 plain|self-signed|files [0]
-    crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay)
-    ca=FILE sni=NAME   roots and name the client verifies with tls=2
+    crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay); re-read on change
+    ca=FILE sni=NAME   roots and name the client verifies with tls=2 [system roots, host]
+    A client learns tls=1/2 from the server; tls=, ca= or sni= on a client start with TLS.
     min=N [4]  max=N [64]  warm pool size    slot=N [1024]  concurrent sessions
     read=DUR [0=none]  idle timeout          rate=MBIT [0=unlimited]
     mode=0|1|2 [0]     0 auto, see NodePass  proxy=0|1|2 [0]  PROXY v1/v2 header to target
