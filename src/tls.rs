@@ -135,7 +135,7 @@ impl ServerTls {
         let s = TlsAcceptor::from(config)
             .accept(tcp)
             .await
-            .map_err(|e| Error::Tls(client::describe(&e)))?;
+            .map_err(|e| Error::Tls(client::describe(&e, "client")))?;
         Ok((Conn::TlsServer(Box::new(s)), fp))
     }
 

@@ -236,9 +236,11 @@ fn plain_server_refuses_a_tls_client() {
         let tunnel = server.tunnel.unwrap();
         let client = start_cfg(fast(&format!("client://k3y@{tunnel}/127.0.0.1:9?tls=1"))).await;
         let s = server.stats.clone();
-        wait_until("the plain server refusing TLS", || {
-            s.bad_peers.load(Relaxed) >= 2
-        })
+        let ours = format!("cannot open a session with {tunnel}");
+        wait_until(
+            "the plain server refusing TLS, the client saying why",
+            || s.bad_peers.load(Relaxed) >= 2 && logged(&[&ours, "(is it tls=0?)"]),
+        )
         .await;
         assert_eq!(client.stats.pool_idle.load(Relaxed), 0);
     });

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_rustls::TlsConnector;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -30,12 +30,15 @@ pub const SYSTEM_ROOTS: [&str; 3] = [
     "/etc/ssl/cert.pem",
 ];
 
-/// The client's TLS configurations, built once at start.
+/// The client's TLS configurations.
 pub struct ClientTls {
     pin: Arc<ClientConfig>,
-    /// tls=2; an error (no roots found) only matters if the server turns out to use tls=2.
-    webpki: std::result::Result<Arc<ClientConfig>, String>,
-    name: ServerName<'static>,
+    /// tls=2: built at start when the URL asks for TLS (so a bad `ca=` stops the start), else
+    /// on first use, so that a client of a tls=0 or tls=1 server never loads the system bundle.
+    webpki: OnceLock<std::result::Result<Arc<ClientConfig>, String>>,
+    ca: Option<String>,
+    /// The name to verify; an error only matters once TLS is used.
+    name: std::result::Result<ServerName<'static>, ConfigError>,
 }
 
 /// The mode a client starts in: the URL's `tls=` if set, 2 when `ca=` or `sni=` is given (a
@@ -50,43 +53,65 @@ pub fn initial_mode(cfg: &Config) -> u8 {
     }
 }
 
+/// The name the certificate must carry: `sni=`, else the tunnel host.
+fn server_name(cfg: &Config) -> std::result::Result<ServerName<'static>, ConfigError> {
+    let bad = |part: &String, reason: &'static str| ConfigError {
+        part: part.clone(),
+        reason: reason.into(),
+    };
+    match (&cfg.sni, &cfg.tunnel.host) {
+        (Some(s), _) => ServerName::try_from(s.clone())
+            .map_err(|_| bad(s, "sni is not a DNS name or an IP address")),
+        (None, Host::Ip(ip)) => Ok(ServerName::IpAddress((*ip).into())),
+        (None, Host::Name(n)) => ServerName::try_from(n.clone()).map_err(|_| {
+            bad(
+                n,
+                "the tunnel host is not a valid TLS server name; set sni=",
+            )
+        }),
+    }
+}
+
+/// The tls=2 configuration: roots from `ca` or the system bundle.
+fn webpki_for(ca: Option<&str>) -> Result<Arc<ClientConfig>> {
+    let roots = match ca {
+        Some(ca) => load_roots(ca)?,
+        None => system_roots().map_err(|e| {
+            Error::Config(ConfigError {
+                part: "tls=2".into(),
+                reason: e.into(),
+            })
+        })?,
+    };
+    webpki_config(roots)
+}
+
 impl ClientTls {
-    /// Build both configurations. A bad `ca=` file or `sni=` name is an [`Error::Config`]; so
-    /// is a client asked for tls=2 when no roots can be found.
+    /// Prepare the configurations. When the URL asks for TLS (`tls=`, `ca=`, `sni=`), a bad
+    /// `ca=` file, a bad name or missing roots are an [`Error::Config`] here.
     pub fn new(cfg: &Config) -> Result<ClientTls> {
-        let name = match (&cfg.sni, &cfg.tunnel.host) {
-            (Some(s), _) => ServerName::try_from(s.clone()).map_err(|_| {
-                Error::Config(ConfigError {
-                    part: s.clone(),
-                    reason: "sni is not a DNS name or an IP address".into(),
-                })
-            })?,
-            (None, Host::Ip(ip)) => ServerName::IpAddress((*ip).into()),
-            (None, Host::Name(n)) => ServerName::try_from(n.clone()).map_err(|_| {
-                Error::Config(ConfigError {
-                    part: n.clone(),
-                    reason: "the tunnel host is not a valid TLS server name; set sni=".into(),
-                })
-            })?,
-        };
-        let roots = match &cfg.ca {
-            Some(ca) => Ok(load_roots(ca)?),
-            None => system_roots(),
-        };
-        let webpki = match roots {
-            Ok(roots) => Ok(webpki_config(roots)?),
-            Err(e) if initial_mode(cfg) == 2 => {
-                return Err(Error::Config(ConfigError {
-                    part: "tls=2".into(),
-                    reason: e.into(),
-                }))
+        let name = server_name(cfg);
+        let webpki = OnceLock::new();
+        match initial_mode(cfg) {
+            0 => {}
+            mode => {
+                if let Err(e) = &name {
+                    return Err(Error::Config(e.clone()));
+                }
+                if mode == 2 {
+                    let _ = webpki.set(Ok(webpki_for(cfg.ca.as_deref())?));
+                }
             }
-            Err(e) => Err(e),
-        };
+        }
         let pin = config(Arc::new(AcceptAnyCert {
             algs: provider().signature_verification_algorithms,
         }))?;
-        Ok(ClientTls { pin, webpki, name })
+        Ok(ClientTls {
+            pin,
+            webpki,
+            ca: cfg.ca.clone(),
+            name,
+        })
     }
 
     /// TLS-connect in `mode` (1 pinning, 2 webpki). Returns the connection and the fingerprint
@@ -95,13 +120,18 @@ impl ClientTls {
     pub async fn connect(&self, mode: u8, tcp: Async<TcpStream>) -> Result<(Conn, Fingerprint)> {
         let config = match mode {
             1 => self.pin.clone(),
-            2 => self.webpki.clone().map_err(Error::Tls)?,
+            2 => self
+                .webpki
+                .get_or_init(|| webpki_for(self.ca.as_deref()).map_err(|e| e.to_string()))
+                .clone()
+                .map_err(Error::Tls)?,
             _ => return Err(Error::Tls(format!("unknown tls mode {mode}"))),
         };
+        let name = self.name.clone().map_err(|e| Error::Tls(e.to_string()))?;
         let s = TlsConnector::from(config)
-            .connect(self.name.clone(), tcp)
+            .connect(name, tcp)
             .await
-            .map_err(|e| Error::Tls(describe(&e)))?;
+            .map_err(|e| Error::Tls(describe(&e, "server")))?;
         let fp = s
             .get_ref()
             .1
@@ -162,8 +192,8 @@ fn system_roots() -> std::result::Result<RootCertStore, String> {
     ))
 }
 
-/// Why a TLS handshake failed, in words for the log.
-pub fn describe(e: &io::Error) -> String {
+/// Why a TLS handshake with `peer` ("server" or "client") failed, in words for the log.
+pub fn describe(e: &io::Error, peer: &str) -> String {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::InvalidCertificate(c)) => match c {
             CertificateError::UnknownIssuer => {
@@ -178,6 +208,12 @@ pub fn describe(e: &io::Error) -> String {
             c => format!("bad certificate: {c}"),
         },
         Some(e) => e.to_string(),
+        None if e.kind() == io::ErrorKind::UnexpectedEof && peer == "server" => {
+            "the server closed the connection during the TLS handshake (is it tls=0?)".into()
+        }
+        None if e.kind() == io::ErrorKind::UnexpectedEof => {
+            format!("the {peer} closed the connection during the TLS handshake")
+        }
         None => format!("handshake failed: {e}"),
     }
 }
