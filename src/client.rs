@@ -22,10 +22,12 @@ use crate::proxy;
 use crate::rate::Limits;
 use crate::server;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, SID_LEN};
+use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
 use crate::targets::Targets;
+#[cfg(feature = "tls")]
+use crate::tls::{self, ClientTls};
 use crate::util::{backoff, RateLimit};
 
 /// Pool tick adjustment step (NodePass's rule).
@@ -39,8 +41,13 @@ pub(crate) struct Inner {
     /// Buffers for UDP flows (`None`: UDP off).
     pub(crate) udp_arena: Option<Arc<Arena>>,
     pub(crate) shutdown: Shutdown,
-    /// The TLS mode learned from the server (0 until told otherwise).
+    /// The TLS mode to dial with: learned from the server, never below `tls_floor`.
     pub(crate) tls: AtomicU8,
+    /// The mode the URL asks for (`tls=`, or 2 with `ca=`/`sni=`); 0 means learn it.
+    pub(crate) tls_floor: u8,
+    /// The TLS configurations (pinning for tls=1, webpki for tls=2).
+    #[cfg(feature = "tls")]
+    tls_cfg: ClientTls,
     /// Outgoing connections (`dial=`, `dns=`).
     pub(crate) dialer: Dialer,
     /// The targets, round robin with failover.
@@ -61,6 +68,8 @@ pub(crate) struct Inner {
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
 struct Pool {
     sid: [u8; SID_LEN],
+    /// The TLS mode the session's control connection used: every pool connection uses it too.
+    tls: u8,
     end: Shutdown,
     idle: AtomicUsize,
     dialing: AtomicUsize,
@@ -83,16 +92,17 @@ pub struct Client {
 
 impl Client {
     /// Prepare a client; nothing is dialed until [`Client::run`]. UDP flows lease their
-    /// buffers from `udp_arena` (`None`: UDP off).
+    /// buffers from `udp_arena` (`None`: UDP off). A bad `ca=` file or `sni=` is an
+    /// [`Error::Config`].
     pub fn new(
         cfg: Config,
         stats: Arc<Stats>,
         bufs: (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
-    ) -> Client {
-        Client {
-            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)),
-        }
+    ) -> Result<Client> {
+        Ok(Client {
+            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)?),
+        })
     }
 
     /// Keep a session up until shutdown.
@@ -113,12 +123,21 @@ impl Client {
                     log::warn!("client: session with {server} ended: {end}");
                     attempt = 0;
                 }
-                Err(Error::Proto(ProtoError::NeedTls(mode))) => {
+                // Only a plaintext attempt can be told to switch, and only up: the hint is not
+                // authenticated, the mode is (the `challenge` on the TLS connection proves it).
+                Err(Error::Proto(ProtoError::NeedTls(mode)))
+                    if inner.tls.load(Relaxed) == 0 && mode != 0 =>
+                {
                     log::info!("client: server {server} uses tls={mode}; switching");
                     inner.tls.store(mode, Relaxed);
                     continue;
                 }
-                Err(e) => log::warn!("client: cannot open a session with {server}: {e}"),
+                Err(e) => {
+                    log::warn!("client: cannot open a session with {server}: {e}");
+                    // Learn the mode again next time: the server may have been reconfigured,
+                    // and a forged `tls` hint must not stick.
+                    inner.tls.store(inner.tls_floor, Relaxed);
+                }
             }
             let delay = backoff(inner.cfg.tuning.service_cooldown, attempt);
             attempt = attempt.saturating_add(1);
@@ -141,14 +160,21 @@ impl Inner {
         stats: Arc<Stats>,
         (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
-    ) -> Inner {
-        Inner {
+    ) -> Result<Inner> {
+        #[cfg(feature = "tls")]
+        let (tls_floor, tls_cfg) = (tls::client::initial_mode(&cfg), ClientTls::new(&cfg)?);
+        #[cfg(not(feature = "tls"))]
+        let tls_floor = 0;
+        Ok(Inner {
             key: Key::new(&cfg.key_bytes()),
             stats,
             arena,
             udp_arena,
             shutdown,
-            tls: AtomicU8::new(0),
+            tls: AtomicU8::new(tls_floor),
+            tls_floor,
+            #[cfg(feature = "tls")]
+            tls_cfg,
             dialer: Dialer::new(&cfg),
             targets: Targets::new(cfg.targets.clone()),
             limits: Limits::new(cfg.rate),
@@ -159,31 +185,36 @@ impl Inner {
             ingress: smol::lock::Mutex::new(None),
             #[cfg(feature = "relay")]
             device: crate::auth::random(),
-        }
+        })
     }
 }
 
-/// Dial the server and bring up the transport the server uses. Returns the connection, its
-/// TLS mode and the certificate fingerprint seen.
-async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
+/// Dial the server and bring up the transport for TLS `mode` (0 plain, 1 pinned, 2 verified).
+/// Returns the connection, its TLS mode and the fingerprint of the certificate seen.
+async fn dial_tunnel(inner: &Inner, mode: u8) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
     let tcp = inner.dialer.dial(&inner.cfg.tunnel).await?;
-    let mode = inner.tls.load(Relaxed);
-    if mode != 0 {
-        return Err(Error::Tls(format!(
-            "tls={mode} is not supported by this build"
-        )));
+    if mode == 0 {
+        return Ok((Conn::Plain(tcp), 0, None));
     }
-    Ok((Conn::Plain(tcp), 0, None))
+    #[cfg(feature = "tls")]
+    {
+        let (conn, fp) = inner.tls_cfg.connect(mode, tcp).await?;
+        Ok((conn, mode, Some(fp)))
+    }
+    #[cfg(not(feature = "tls"))]
+    Err(Error::Unsupported("TLS (the server uses tls=1 or tls=2)"))
 }
 
-/// Dial and authenticate one connection of `kind`, bounded by `HANDSHAKE_TIMEOUT`.
+/// Dial and authenticate one connection of `kind` in TLS `mode`, bounded by
+/// `HANDSHAKE_TIMEOUT` + `DIAL_TIMEOUT`.
 pub(crate) async fn open(
     inner: &Inner,
+    mode: u8,
     kind: Kind,
     sid: Option<[u8; SID_LEN]>,
 ) -> Result<(Conn, LineReader)> {
     let work = async {
-        let (mut conn, tls, fp) = dial_tunnel(inner).await?;
+        let (mut conn, tls, fp) = dial_tunnel(inner, mode).await?;
         let mut lines = LineReader::new();
         handshake::connect(&mut conn, &mut lines, &inner.key, kind, sid, tls, fp).await?;
         Ok((conn, lines))
@@ -201,7 +232,8 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
     if let Some(name) = &inner.cfg.name {
         return crate::relay::device::session(inner, name).await;
     }
-    let (mut conn, mut lines) = open(inner, Kind::Ctl, None).await?;
+    let mode = inner.tls.load(Relaxed);
+    let (mut conn, mut lines) = open(inner, mode, Kind::Ctl, None).await?;
     let reply = async { lines.next(&mut conn).await }
         .or(async {
             Timer::after(inner.cfg.tuning.handshake_timeout).await;
@@ -302,6 +334,9 @@ pub(crate) async fn run_pool<H: Handler>(
 ) -> End {
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
+    // The mode this session's control connection was opened with (it changes only between
+    // sessions): every pool connection uses it too.
+    let mode = inner.tls.load(Relaxed);
     let tcp = tcp && !inner.cfg.notcp;
     let udp = udp && inner.udp_arena.is_some();
     let proto = match (tcp, udp) {
@@ -311,11 +346,12 @@ pub(crate) async fn run_pool<H: Handler>(
         (false, false) => "nothing",
     };
     log::info!(
-        "client: session up with {} (pool {min}..{max}, forwarding {proto})",
+        "client: session up with {} (pool {min}..{max}, forwarding {proto}, tls={mode})",
         inner.cfg.tunnel
     );
     let pool = Arc::new(Pool {
         sid,
+        tls: mode,
         end: Shutdown::new(),
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
@@ -425,7 +461,7 @@ impl Handler for PoolManager {
 /// One pool connection: dial, authenticate, wait idle for its opening line, then serve it.
 async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     let opened = async {
-        let (mut conn, mut lines) = open(&inner, Kind::Pool, Some(pool.sid)).await?;
+        let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
         match lines.next(&mut conn).await? {
             Signal::Pooled { id } => Ok((conn, lines, id)),
             Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),

@@ -61,7 +61,7 @@ impl Forward {
             (tcp, None)
         };
         Ok(Forward {
-            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)),
+            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)?),
             tcp,
             #[cfg(feature = "udp")]
             udp,

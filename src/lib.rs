@@ -41,6 +41,8 @@ pub mod signal;
 pub mod stats;
 pub mod stream;
 pub mod targets;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "udp")]
 pub mod udp;
 pub mod util;
@@ -99,9 +101,18 @@ pub struct Node {
 }
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
+///
+/// Configuration problems found here (tls=2 certificate files, `ca=`) are [`Error::Config`]
+/// and nothing is bound; the binary exits 2 for them.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     if cfg.key.is_none() {
         log::warn!("no key in the URL: the key is the tunnel port number, which anyone can guess");
+    }
+    #[cfg(not(feature = "tls"))]
+    if cfg.tls != config::TlsMode::Off
+        || (cfg.role == Role::Client && (cfg.ca.is_some() || cfg.sni.is_some()))
+    {
+        return Err(error::Error::Unsupported("TLS (tls=1, tls=2, ca=, sni=)"));
     }
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
@@ -142,7 +153,7 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
                 (Role_::Forward(f), None, Some(p), 1)
             }
             None => {
-                let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
+                let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone())?;
                 (Role_::Client(c), None, None, 2)
             }
         },
@@ -202,14 +213,20 @@ fn udp_buf_len(cfg: &Config) -> usize {
 
 /// A client's mode: `mode=1` forwards locally (the listener is bound here, so a taken port
 /// fails at start), `mode=2` is a tunnel client, and `mode=0` (NodePass's auto) forwards
-/// locally exactly when the tunnel address can be bound on this machine. A client of a relay
-/// (`name=`) is always a tunnel client.
+/// locally when the tunnel address can be bound on this machine. Unlike NodePass, a client
+/// whose URL names a key, TLS settings or a reservation always talks to a server: a tunnel
+/// client started before its server on the same machine must not turn into a forwarder.
 async fn single_end(cfg: &Config) -> Result<Option<Async<TcpListener>>> {
     match cfg.mode {
         1 => Ok(Some(
             net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?,
         )),
-        0 if cfg.name.is_none() => {
+        0 if cfg.name.is_none()
+            && cfg.key.is_none()
+            && cfg.tls == config::TlsMode::Off
+            && cfg.ca.is_none()
+            && cfg.sni.is_none() =>
+        {
             let l = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await.ok();
             if l.is_some() {
                 log::info!(

@@ -27,10 +27,17 @@ use crate::lines::{send, LineReader};
 use crate::net;
 use crate::rate::Limits;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, SID_LEN};
+use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+#[cfg(feature = "tls")]
+use crate::tls::ServerTls;
 use crate::util::{accept_backoff, RateLimit};
+
+/// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
+/// never does.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Tunnel-port connections allowed to be mid-handshake at once; more are closed at accept.
 pub const MAX_PENDING: usize = 256;
@@ -108,6 +115,9 @@ pub(crate) struct Inner {
     /// Forward flow (`mode=2`): the server dials the targets for the client's users, with the
     /// client's own machinery (dialer, failover, PROXY header, UDP).
     egress: Option<Arc<client::Inner>>,
+    /// The certificate and its configuration (tls=1, tls=2).
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Inner {
@@ -131,6 +141,8 @@ impl Inner {
             pending: AtomicUsize::new(0),
             refusals: RateLimit::new(Duration::from_secs(1)),
             egress: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         })
     }
 
@@ -159,14 +171,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind the tunnel and public listeners, and with `udp_arena` (UDP on) a UDP socket on
-    /// the public address too.
+    /// Load the TLS certificate (tls=1, tls=2), then bind the tunnel and public listeners.
+    /// A bad certificate or key file is an [`Error::Config`] and nothing is bound.
     pub async fn bind(
         cfg: Config,
         stats: Arc<Stats>,
         (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
     ) -> Result<Server> {
+        #[cfg(feature = "tls")]
+        let tls = ServerTls::new(&cfg)?;
         let t = cfg.tuning.dial_timeout;
         let tunnel = net::listen(&cfg.tunnel, t).await?;
         let target = cfg
@@ -188,14 +202,15 @@ impl Server {
                 }
             },
         };
-        let egress = users.is_none().then(|| {
-            Arc::new(client::Inner::new(
+        let egress = match users {
+            Some(_) => None,
+            None => Some(Arc::new(client::Inner::new(
                 cfg.clone(),
                 stats.clone(),
                 (arena.clone(), udp_arena.clone()),
                 shutdown.clone(),
-            ))
-        });
+            )?)),
+        };
         #[cfg(feature = "udp")]
         let (users, udp) = match (users, udp_arena) {
             (Some(users), Some(a)) => {
@@ -218,6 +233,8 @@ impl Server {
             pending: AtomicUsize::new(0),
             refusals: RateLimit::new(Duration::from_secs(1)),
             egress,
+            #[cfg(feature = "tls")]
+            tls,
         });
         Ok(Server {
             inner,
@@ -272,6 +289,8 @@ impl Server {
         let u = users.map(|users| smol::spawn(accept_users(inner.clone(), users)));
         #[cfg(feature = "udp")]
         let d = udp.map(|(sock, arena)| smol::spawn(crate::udp::serve(inner.clone(), sock, arena)));
+        #[cfg(feature = "tls")]
+        let w = inner.tls.clone().map(|tls| smol::spawn(tls.watch()));
         inner.shutdown.wait().await;
         t.cancel().await;
         if let Some(u) = u {
@@ -280,6 +299,10 @@ impl Server {
         #[cfg(feature = "udp")]
         if let Some(d) = d {
             d.cancel().await;
+        }
+        #[cfg(feature = "tls")]
+        if let Some(w) = w {
+            w.cancel().await;
         }
         if let Some(s) = inner.current() {
             s.close();
@@ -325,8 +348,8 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
-        let mut conn = Conn::Plain(s);
-        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, 0, None).await?;
+        let (mut conn, tls, fp) = transport(&inner, s, &mut lines).await?;
+        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, tls, fp).await?;
         Ok((conn, hello))
     };
     let res = shake
@@ -342,6 +365,10 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             // Port probes and health checks connect and leave without a byte: not worth a warning.
             inner.stats.bad_peers.fetch_add(1, Relaxed);
             log::debug!("tunnel: {peer} closed before authenticating");
+            return;
+        }
+        Err(Error::Proto(ProtoError::NeedTls(mode))) => {
+            log::debug!("tunnel: {peer} spoke plaintext; told it to use tls={mode}");
             return;
         }
         Err(e) => {
@@ -378,6 +405,40 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             }
         }
     }
+}
+
+/// The transport of a tunnel-port connection: plain TCP for tls=0. For tls=1 and tls=2, a TLS
+/// accept when the first byte is a TLS record; otherwise the peer is a client that has not
+/// learned our mode yet: its plaintext `hello` gets `tls <mode>` and the connection ends
+/// (returned as [`ProtoError::NeedTls`]). Returns the connection, its mode and the fingerprint
+/// of the certificate it was accepted with.
+async fn transport(
+    inner: &Inner,
+    s: Async<TcpStream>,
+    lines: &mut LineReader,
+) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &inner.tls {
+        let mut first = [0u8; 1];
+        if s.peek(&mut first).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if first[0] == TLS_HANDSHAKE_RECORD {
+            let (conn, fp) = tls.accept(s).await?;
+            return Ok((conn, tls.mode(), Some(fp)));
+        }
+        let mut conn = Conn::Plain(s);
+        return match lines.next(&mut conn).await? {
+            Signal::Hello { .. } => {
+                send(&mut conn, &Signal::UseTls { mode: tls.mode() }).await?;
+                Err(ProtoError::NeedTls(tls.mode()).into())
+            }
+            _ => Err(ProtoError::Unexpected("expected hello or a TLS ClientHello").into()),
+        };
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = (inner, lines);
+    Ok((Conn::Plain(s), 0, None))
 }
 
 async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer: SocketAddr) {

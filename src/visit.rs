@@ -53,7 +53,7 @@ impl Visit {
             .clone()
             .ok_or(Error::Proto(ProtoError::Unexpected("visit needs name=")))?;
         Ok(Visit {
-            inner: Arc::new(Inner::new(cfg, stats, (arena, None), shutdown)),
+            inner: Arc::new(Inner::new(cfg, stats, (arena, None), shutdown)?),
             name,
             listener,
             warn: Arc::new(RateLimit::new(Duration::from_secs(1))),
@@ -112,14 +112,27 @@ impl Visit {
 /// Dial the relay and ask for a circuit to `name`; returns the relay connection and the line
 /// reader (bytes from the device may already follow `circuit`).
 async fn open_circuit(inner: &Inner, name: &str) -> Result<(Conn, LineReader)> {
-    let (mut conn, mut lines) = match client::open(inner, Kind::Connect, None).await {
+    let (mut conn, mut lines) = match client::open(
+        inner,
+        inner.tls.load(std::sync::atomic::Ordering::Relaxed),
+        Kind::Connect,
+        None,
+    )
+    .await
+    {
         Err(Error::Proto(ProtoError::NeedTls(mode))) => {
             log::info!(
                 "visit: relay {} uses tls={mode}; switching",
                 inner.cfg.tunnel
             );
             inner.tls.store(mode, Relaxed);
-            client::open(inner, Kind::Connect, None).await?
+            client::open(
+                inner,
+                inner.tls.load(std::sync::atomic::Ordering::Relaxed),
+                Kind::Connect,
+                None,
+            )
+            .await?
         }
         r => r?,
     };

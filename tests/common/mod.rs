@@ -109,10 +109,16 @@ pub async fn start(url: &str) -> Running {
 
 /// Bind and start a role from a URL and environment variables.
 pub async fn start_env(url: &str, env: &[(&str, &str)]) -> Running {
+    start_cfg(cfg_env(url, env)).await
+}
+
+/// Bind and start a role from a parsed configuration.
+pub async fn start_cfg(cfg: Config) -> Running {
     let stop = Shutdown::new();
-    let node = edgepass::bind(cfg_env(url, env), stop.clone())
+    let what = format!("{:?} {}", cfg.role, cfg.tunnel);
+    let node = edgepass::bind(cfg, stop.clone())
         .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     Running {
         tunnel: node.tunnel_addr(),
         public: node.public_addr(),
