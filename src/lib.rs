@@ -102,7 +102,7 @@ pub struct Node {
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
 ///
-/// Configuration problems found here (tls=2 certificate files, `ca=`) are [`Error::Config`]
+/// Configuration problems found here (tls=2 certificate files, `ca=`) are [`error::Error::Config`]
 /// and nothing is bound; the binary exits 2 for them.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     if cfg.key.is_none() {
