@@ -75,6 +75,8 @@ struct Pool {
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
+    /// The pool size the manager aims at (reverse flow refills up to it at once).
+    capacity: AtomicUsize,
     /// TCP forwarded: the server offers it and `notcp` is not set here.
     tcp: bool,
     /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
@@ -360,6 +362,7 @@ pub(crate) async fn run_pool<H: Handler>(
         udp,
         queue,
         offered: AtomicUsize::new(0),
+        capacity: AtomicUsize::new(min),
     });
     let mgr = PoolManager {
         inner: inner.clone(),
@@ -430,12 +433,15 @@ impl Handler for PoolManager {
         } else if idle * 5 > cap * 4 {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
-        // Grow when more than 80% of the pool was used this tick, shrink under 20%.
+        // Grow when more than 80% of the pool was used this tick, shrink under 20% (NodePass's
+        // thresholds). Growth doubles, so a burst finds a warm pool within a few ticks;
+        // shrinking goes one connection at a time.
         if used * 5 > cap * 4 {
-            self.capacity = (cap + 1).min(self.max);
+            self.capacity = (cap * 2).clamp(1, self.max);
         } else if used * 5 < cap {
             self.capacity = cap.saturating_sub(1).max(self.min);
         }
+        self.pool.capacity.store(self.capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
         let need = self.capacity.saturating_sub(idle + dialing);
         for _ in 0..need {
@@ -512,9 +518,23 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         || {
             taken();
             pool.used.fetch_add(1, Relaxed);
+            refill(&inner, &pool);
         },
     )
     .await;
+}
+
+/// Dial a replacement at once when a pool connection is taken, so back-to-back users do not
+/// wait for the next tick (the tick still grows and shrinks the capacity).
+fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
+    if pool.end.is_triggered() {
+        return;
+    }
+    let have = pool.idle.load(Relaxed) + pool.dialing.load(Relaxed);
+    if have < pool.capacity.load(Relaxed) {
+        pool.dialing.fetch_add(1, Relaxed);
+        smol::spawn(pool_conn(inner.clone(), pool.clone())).detach();
+    }
 }
 
 /// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
