@@ -183,6 +183,8 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
             continue;
         }
         let _ = s.get_ref().set_nodelay(true);
+        // Counted here, not in the task: a burst is accepted before any task runs.
+        inner.pending.fetch_add(1, Relaxed);
         smol::spawn(tunnel_conn(inner.clone(), s, peer)).detach();
     }
 }
@@ -195,8 +197,8 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// `inner.pending` already counts this connection (see `accept_tunnel`).
 async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    inner.pending.fetch_add(1, Relaxed);
     let pending = Pending(&inner.pending);
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
@@ -365,7 +367,9 @@ async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
             continue;
         }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(user_conn(inner.clone(), s, peer)).detach();
+        // Counted here, not in the task: a burst is accepted before any task runs.
+        let active = ActiveGuard::new(&inner.stats, false);
+        smol::spawn(user_conn(inner.clone(), s, peer, active)).detach();
     }
 }
 
@@ -397,8 +401,7 @@ async fn take_pool(inner: &Inner) -> Option<PoolConn> {
     }
 }
 
-async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    let _active = ActiveGuard::new(&inner.stats, false);
+async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _active: ActiveGuard) {
     let wait = inner.cfg.tuning.pool_get_timeout;
     let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
     else {
