@@ -5,7 +5,7 @@
 //! front of the user's bytes (docs/PROTOCOL.md).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,20 @@ use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
 use crate::util::{accept_backoff, RateLimit};
 
-/// Tunnel-port connections allowed to be mid-handshake at once; more are closed at accept.
+/// Tunnel-port connections allowed to be mid-handshake at once. A new connection past it
+/// closes the oldest pending one: a real client's handshake takes one round trip, so the oldest
+/// is the likeliest attacker, and a flood cannot lock the client out for `HANDSHAKE_TIMEOUT`.
 pub const MAX_PENDING: usize = 256;
+
+/// Why an evicted handshake ended (logged at debug: a flood makes many).
+const EVICTED: &str = "closed for a newer connection: too many handshakes pending";
+
+/// Handshakes in progress, oldest first; dropping an entry's sender evicts that handshake.
+#[derive(Default)]
+struct PendingTable {
+    next: u64,
+    q: std::collections::VecDeque<(u64, Sender<()>)>,
+}
 
 /// An idle pool connection waiting in the taker's queue.
 pub struct PoolConn {
@@ -77,7 +89,7 @@ pub(crate) struct Inner {
     pub arena: Arc<Arena>,
     pub shutdown: Shutdown,
     session: Mutex<Option<Arc<Session>>>,
-    pending: AtomicUsize,
+    pending: Mutex<PendingTable>,
     refusals: RateLimit,
 }
 
@@ -120,7 +132,7 @@ impl Server {
             arena,
             shutdown,
             session: Mutex::new(None),
-            pending: AtomicUsize::new(0),
+            pending: Mutex::default(),
             refusals: RateLimit::new(Duration::from_secs(1)),
         });
         Ok(Server {
@@ -177,29 +189,44 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
                 continue;
             }
         };
-        if inner.pending.load(Relaxed) >= MAX_PENDING {
-            inner.stats.bad_peers.fetch_add(1, Relaxed);
-            log::debug!("tunnel: {peer} dropped, {MAX_PENDING} handshakes already pending");
-            continue;
-        }
         let _ = s.get_ref().set_nodelay(true);
-        // Counted here, not in the task: a burst is accepted before any task runs.
-        inner.pending.fetch_add(1, Relaxed);
-        smol::spawn(tunnel_conn(inner.clone(), s, peer)).detach();
+        // Registered here, not in the task: a burst is accepted before any task runs.
+        let (evict, evicted) = bounded::<()>(1);
+        let id = {
+            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.q.len() >= MAX_PENDING {
+                p.q.pop_front();
+            }
+            p.next += 1;
+            let id = p.next;
+            p.q.push_back((id, evict));
+            id
+        };
+        smol::spawn(tunnel_conn(inner.clone(), s, peer, id, evicted)).detach();
     }
 }
 
-/// Counts one pending handshake while alive.
-struct Pending<'a>(&'a AtomicUsize);
+/// Removes one handshake from the pending table when it ends (if not evicted already).
+struct Pending<'a>(&'a Mutex<PendingTable>, u64);
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.q.iter().position(|(id, _)| *id == self.1) {
+            p.q.remove(i);
+        }
     }
 }
 
-/// `inner.pending` already counts this connection (see `accept_tunnel`).
-async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    let pending = Pending(&inner.pending);
+/// `id` is this connection's entry in `inner.pending` (see `accept_tunnel`); `evicted`
+/// closes when a newer connection pushed it out.
+async fn tunnel_conn(
+    inner: Arc<Inner>,
+    s: Async<TcpStream>,
+    peer: SocketAddr,
+    id: u64,
+    evicted: Receiver<()>,
+) {
+    let pending = Pending(&inner.pending, id);
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
@@ -212,6 +239,10 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             Timer::after(timeout).await;
             Err(Error::Timeout("handshake"))
         })
+        .or(async {
+            let _ = evicted.recv().await;
+            Err(Error::Proto(ProtoError::Unexpected(EVICTED)))
+        })
         .await;
     drop(pending);
     let (mut conn, hello) = match res {
@@ -220,6 +251,11 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             // Port probes and health checks connect and leave without a byte: not worth a warning.
             inner.stats.bad_peers.fetch_add(1, Relaxed);
             log::debug!("tunnel: {peer} closed before authenticating");
+            return;
+        }
+        Err(Error::Proto(ProtoError::Unexpected(EVICTED))) => {
+            inner.stats.bad_peers.fetch_add(1, Relaxed);
+            log::debug!("tunnel: {peer} {EVICTED}");
             return;
         }
         Err(e) => {
