@@ -1,6 +1,10 @@
 //! Shared test harness: echo targets on 127.0.0.1:0 and tunnels run in-process.
 #![allow(dead_code)]
 
+pub mod bin;
+pub mod hostile;
+pub mod procfs;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
