@@ -7,7 +7,7 @@
 #[cfg(feature = "udp")]
 use std::net::UdpSocket;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,8 +39,20 @@ use crate::util::{accept_backoff, RateLimit};
 #[cfg(feature = "tls")]
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Tunnel-port connections allowed to be mid-handshake at once; more are closed at accept.
+/// Tunnel-port connections allowed to be mid-handshake at once. A new connection past it
+/// closes the oldest pending one: a real client's handshake takes one round trip, so the oldest
+/// is the likeliest attacker, and a flood cannot lock the client out for `HANDSHAKE_TIMEOUT`.
 pub const MAX_PENDING: usize = 256;
+
+/// Why an evicted handshake ended (logged at debug: a flood makes many).
+const EVICTED: &str = "closed for a newer connection: too many handshakes pending";
+
+/// Handshakes in progress, oldest first; dropping an entry's sender evicts that handshake.
+#[derive(Default)]
+struct PendingTable {
+    next: u64,
+    q: std::collections::VecDeque<(u64, Sender<()>)>,
+}
 
 /// An idle pool connection waiting in the taker's queue.
 pub struct PoolConn {
@@ -108,7 +120,7 @@ pub(crate) struct Inner {
     pub arena: Arc<Arena>,
     pub shutdown: Shutdown,
     session: Mutex<Option<Arc<Session>>>,
-    pending: AtomicUsize,
+    pending: Mutex<PendingTable>,
     refusals: RateLimit,
     /// `rate=`: the process's token buckets.
     limits: Option<Limits>,
@@ -138,7 +150,7 @@ impl Inner {
             arena,
             shutdown,
             session: Mutex::new(None),
-            pending: AtomicUsize::new(0),
+            pending: Mutex::default(),
             refusals: RateLimit::new(Duration::from_secs(1)),
             egress: None,
             #[cfg(feature = "tls")]
@@ -230,7 +242,7 @@ impl Server {
             arena,
             shutdown,
             session: Mutex::new(None),
-            pending: AtomicUsize::new(0),
+            pending: Mutex::default(),
             refusals: RateLimit::new(Duration::from_secs(1)),
             egress,
             #[cfg(feature = "tls")]
@@ -324,27 +336,44 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
                 continue;
             }
         };
-        if inner.pending.load(Relaxed) >= MAX_PENDING {
-            inner.stats.bad_peers.fetch_add(1, Relaxed);
-            log::debug!("tunnel: {peer} dropped, {MAX_PENDING} handshakes already pending");
-            continue;
-        }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(tunnel_conn(inner.clone(), s, peer)).detach();
+        // Registered here, not in the task: a burst is accepted before any task runs.
+        let (evict, evicted) = bounded::<()>(1);
+        let id = {
+            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.q.len() >= MAX_PENDING {
+                p.q.pop_front();
+            }
+            p.next += 1;
+            let id = p.next;
+            p.q.push_back((id, evict));
+            id
+        };
+        smol::spawn(tunnel_conn(inner.clone(), s, peer, id, evicted)).detach();
     }
 }
 
-/// Counts one pending handshake while alive.
-struct Pending<'a>(&'a AtomicUsize);
+/// Removes one handshake from the pending table when it ends (if not evicted already).
+struct Pending<'a>(&'a Mutex<PendingTable>, u64);
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.q.iter().position(|(id, _)| *id == self.1) {
+            p.q.remove(i);
+        }
     }
 }
 
-async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    inner.pending.fetch_add(1, Relaxed);
-    let pending = Pending(&inner.pending);
+/// `id` is this connection's entry in `inner.pending` (see `accept_tunnel`); `evicted`
+/// closes when a newer connection pushed it out.
+async fn tunnel_conn(
+    inner: Arc<Inner>,
+    s: Async<TcpStream>,
+    peer: SocketAddr,
+    id: u64,
+    evicted: Receiver<()>,
+) {
+    let pending = Pending(&inner.pending, id);
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
@@ -356,6 +385,10 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
         .or(async {
             Timer::after(timeout).await;
             Err(Error::Timeout("handshake"))
+        })
+        .or(async {
+            let _ = evicted.recv().await;
+            Err(Error::Proto(ProtoError::Unexpected(EVICTED)))
         })
         .await;
     drop(pending);
@@ -369,6 +402,11 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
         }
         Err(Error::Proto(ProtoError::NeedTls(mode))) => {
             log::debug!("tunnel: {peer} spoke plaintext; told it to use tls={mode}");
+            return;
+        }
+        Err(Error::Proto(ProtoError::Unexpected(EVICTED))) => {
+            inner.stats.bad_peers.fetch_add(1, Relaxed);
+            log::debug!("tunnel: {peer} {EVICTED}");
             return;
         }
         Err(e) => {
@@ -554,7 +592,9 @@ pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
             continue;
         }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(user_conn(inner.clone(), s, peer)).detach();
+        // Counted here, not in the task: a burst is accepted before any task runs.
+        let active = ActiveGuard::new(&inner.stats, false);
+        smol::spawn(user_conn(inner.clone(), s, peer, active)).detach();
     }
 }
 
@@ -586,8 +626,7 @@ pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
     }
 }
 
-async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    let _active = ActiveGuard::new(&inner.stats, false);
+async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _active: ActiveGuard) {
     let wait = inner.cfg.tuning.pool_get_timeout;
     let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
     else {
