@@ -8,6 +8,35 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod env;
+#[cfg(test)]
+mod tests;
+mod values;
+
+pub use values::valid_name;
+use values::{
+    duration, err, flag, number, parse_host_port, parse_key, percent_decode, positive, text,
+};
+
+/// Relay listen port when `relay://host` has none (the port DeP2P relays are deployed on).
+pub const DEFAULT_RELAY_PORT: u16 = 4001;
+/// Default `min` (smallest warm pool) when neither URL nor `MIN_POOL_CAPACITY` sets it.
+pub const DEFAULT_MIN: usize = 4;
+/// Default `max` (largest warm pool) when neither URL nor `MAX_POOL_CAPACITY` sets it.
+pub const DEFAULT_MAX: usize = 64;
+/// Largest `min`/`max`: each pool entry is an open socket, and routers have few to spare.
+pub const MAX_POOL: usize = 65_536;
+/// Default `slot`: concurrent sessions; with 16 KiB buffers this bounds the arena to tens of MiB.
+pub const DEFAULT_SLOT: usize = 1024;
+/// Largest `slot`: the arena is sized from it at start, so it must stay allocatable.
+pub const MAX_SLOT: usize = 1 << 20;
+/// Default `dns`: NodePass re-resolves host names every 5 minutes (suits DDNS).
+pub const DEFAULT_DNS: Duration = Duration::from_secs(5 * 60);
+/// Longest `name`: one DNS label, so a reservation name can double as a host label.
+pub const MAX_NAME: usize = 63;
+/// Longest DNS name accepted as a host.
+pub const MAX_HOST_NAME: usize = 253;
+
 /// Which program this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -145,6 +174,31 @@ pub struct Config {
     pub name: Option<String>,
     /// Environment-driven timings and sizes.
     pub tuning: Tuning,
+    /// Relay limits (`max-conns`, `ttl`, ...); parsed for every role, used by the relay.
+    pub relay: RelayLimits,
+}
+
+/// The relay's limits from its query keys (libp2p circuit v2 style resource limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// `max-conns`: open connections of all kinds (control, pool, visitors).
+    pub max_conns: usize,
+    /// `max-reservations`: live named reservations.
+    pub max_reservations: usize,
+    /// `max-per-ip`: reservations held by one source IP address.
+    pub max_per_ip: usize,
+    /// `max-circuits`: concurrent circuits through one reservation.
+    pub max_circuits: usize,
+    /// `circuit-duration`: a circuit is closed after this long; `None` (`0`) is unlimited.
+    pub circuit_duration: Option<Duration>,
+    /// `circuit-bytes`: a circuit is closed after this many bytes; `None` (`0`) is unlimited.
+    pub circuit_bytes: Option<u64>,
+    /// `ttl`: a reservation expires this long after it was made or last refreshed.
+    pub ttl: Duration,
+    /// `stats`: period of the relay's counters log line.
+    pub stats: Duration,
+    /// `visit-key`: a separate key for visitors; `None` means visitors use the relay key.
+    pub visit_key: Option<String>,
 }
 
 /// A configuration error: which part of the input is bad and why.
@@ -163,3 +217,267 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl Default for RelayLimits {
+    /// The relay defaults: 1000 connections, 128 reservations, 8 per IP, 16 circuits per
+    /// reservation, unlimited circuit duration and bytes, 1 h reservation TTL, stats every 30 s.
+    fn default() -> Self {
+        RelayLimits {
+            max_conns: 1000,
+            max_reservations: 128,
+            max_per_ip: 8,
+            max_circuits: 16,
+            circuit_duration: None,
+            circuit_bytes: None,
+            ttl: Duration::from_secs(60 * 60),
+            stats: Duration::from_secs(30),
+            visit_key: None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Server => "server",
+            Role::Client => "client",
+            Role::Relay => "relay",
+            Role::Visit => "visit",
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    /// `host:port`, with an IPv6 literal in brackets (`[::1]:80`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}:{}", self.port),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+impl Config {
+    /// The shared key as bytes: the URL user part, or when there is none the decimal tunnel
+    /// port as ASCII (NodePass also derives its default key from the port).
+    ///
+    /// ```
+    /// let cfg = edgepass::config::parse("server://:10101/:8080", &|_| None).unwrap();
+    /// assert_eq!(cfg.key_bytes(), b"10101");
+    /// ```
+    pub fn key_bytes(&self) -> Vec<u8> {
+        match &self.key {
+            Some(key) => key.as_bytes().to_vec(),
+            None => self.tunnel.port.to_string().into_bytes(),
+        }
+    }
+}
+
+/// Parses a NodePass-style URL, with NodePass environment variables from `env`, into a
+/// validated [`Config`].
+///
+/// `env` looks a variable up by name (pass `&|k| std::env::var(k).ok()` in the binary). The
+/// URL wins over the environment, which wins over the defaults.
+///
+/// ```
+/// use edgepass::config::{parse, Role};
+///
+/// let cfg = parse("client://secret@vps.example.com:10101/127.0.0.1:22?min=8", &|_| None)
+///     .unwrap();
+/// assert_eq!(cfg.role, Role::Client);
+/// assert_eq!(cfg.tunnel.to_string(), "vps.example.com:10101");
+/// assert_eq!(cfg.min, 8);
+///
+/// let err = parse("ftp://host:1", &|_| None).unwrap_err();
+/// assert_eq!(err.part, "ftp");
+/// ```
+pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| err(url, "expected scheme://host:port"))?;
+    let role = match scheme.to_ascii_lowercase().as_str() {
+        "server" => Role::Server,
+        "client" => Role::Client,
+        "relay" => Role::Relay,
+        "visit" => Role::Visit,
+        _ => {
+            return Err(err(
+                scheme,
+                "unknown scheme (server, client, relay or visit)",
+            ))
+        }
+    };
+    let (base, query) = match rest.split_once('?') {
+        Some((base, query)) => (base, query),
+        None => (rest, ""),
+    };
+    let (authority, path) = match base.split_once('/') {
+        Some((authority, path)) => (authority, path),
+        None => (base, ""),
+    };
+    let (key, address) = match authority.rsplit_once('@') {
+        Some((user, address)) => (Some(parse_key(user)?), address),
+        None => (None, authority),
+    };
+    if address.is_empty() {
+        return Err(err(url, "missing host:port"));
+    }
+    let default_port = (role == Role::Relay).then_some(DEFAULT_RELAY_PORT);
+    let tunnel = parse_host_port(address, default_port)?;
+    let mut targets = Vec::new();
+    if !path.is_empty() {
+        for target in path.split(',') {
+            if target.is_empty() {
+                return Err(err(path, "empty target"));
+            }
+            targets.push(parse_host_port(target, None)?);
+        }
+    }
+
+    let (min, max) = env::pool_capacity(env)?;
+    let mut cfg = Config {
+        role,
+        key,
+        tunnel,
+        targets,
+        log: LogLevel::Info,
+        tls: TlsMode::Off,
+        crt: None,
+        key_file: None,
+        ca: None,
+        sni: None,
+        min,
+        max,
+        slot: DEFAULT_SLOT,
+        read: None,
+        mode: 0,
+        rate: None,
+        proxy: 0,
+        dial: None,
+        dns: DEFAULT_DNS,
+        notcp: false,
+        noudp: false,
+        name: None,
+        tuning: Tuning::from_env(env)?,
+        relay: RelayLimits::default(),
+    };
+
+    let mut seen: Vec<&str> = Vec::new();
+    for segment in query.split('&').filter(|s| !s.is_empty()) {
+        let (k, raw) = segment
+            .split_once('=')
+            .ok_or_else(|| err(segment, "expected key=value"))?;
+        if seen.contains(&k) {
+            return Err(err(k, "duplicate query key"));
+        }
+        seen.push(k);
+        let value = percent_decode(raw).ok_or_else(|| err(segment, "bad percent escape"))?;
+        apply(&mut cfg, k, &value, segment)?;
+    }
+    validate(&cfg, url.split_once('?').map_or(url, |(before, _)| before))?;
+    Ok(cfg)
+}
+
+/// Sets one query key on `cfg`; `seg` is the `key=value` text for error messages.
+fn apply(cfg: &mut Config, k: &str, v: &str, seg: &str) -> Result<(), ConfigError> {
+    let r = &mut cfg.relay;
+    match k {
+        "log" => {
+            cfg.log = match v {
+                "none" => LogLevel::None,
+                "debug" => LogLevel::Debug,
+                "info" => LogLevel::Info,
+                "warn" => LogLevel::Warn,
+                "error" => LogLevel::Error,
+                "event" => LogLevel::Event,
+                _ => {
+                    return Err(err(
+                        seg,
+                        "log must be none, debug, info, warn, error or event",
+                    ))
+                }
+            }
+        }
+        "tls" => {
+            cfg.tls = match v {
+                "0" => TlsMode::Off,
+                "1" => TlsMode::SelfSigned,
+                "2" => TlsMode::Files,
+                _ => return Err(err(seg, "tls must be 0, 1 or 2")),
+            }
+        }
+        "crt" => cfg.crt = Some(text(v, seg)?),
+        "key" => cfg.key_file = Some(text(v, seg)?),
+        "ca" => cfg.ca = Some(text(v, seg)?),
+        "sni" => cfg.sni = Some(text(v, seg)?),
+        "min" => cfg.min = number(v, seg, 0, MAX_POOL)?,
+        "max" => cfg.max = number(v, seg, 1, MAX_POOL)?,
+        "slot" => cfg.slot = number(v, seg, 1, MAX_SLOT)?,
+        "read" => cfg.read = Some(duration(v, seg)?).filter(|d| !d.is_zero()),
+        "mode" => cfg.mode = number(v, seg, 0, 2)?,
+        "rate" => cfg.rate = Some(number(v, seg, 0, u32::MAX)?).filter(|&n| n > 0),
+        "proxy" => cfg.proxy = number(v, seg, 0, 2)?,
+        "dial" => {
+            cfg.dial = match v {
+                "auto" => None,
+                _ => Some(
+                    v.parse()
+                        .map_err(|_| err(seg, "dial must be an IP address or auto"))?,
+                ),
+            }
+        }
+        "dns" => cfg.dns = duration(v, seg)?,
+        "notcp" => cfg.notcp = flag(v, seg)?,
+        "noudp" => cfg.noudp = flag(v, seg)?,
+        "name" => {
+            if !valid_name(v) {
+                return Err(err(
+                    seg,
+                    "name must be 1-63 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            cfg.name = Some(v.to_owned());
+        }
+        "max-conns" => r.max_conns = number(v, seg, 1, usize::MAX)?,
+        "max-reservations" => r.max_reservations = number(v, seg, 1, usize::MAX)?,
+        "max-per-ip" => r.max_per_ip = number(v, seg, 1, usize::MAX)?,
+        "max-circuits" => r.max_circuits = number(v, seg, 1, usize::MAX)?,
+        "circuit-duration" => r.circuit_duration = Some(duration(v, seg)?).filter(|d| !d.is_zero()),
+        "circuit-bytes" => r.circuit_bytes = Some(number(v, seg, 0, u64::MAX)?).filter(|&n| n > 0),
+        "ttl" => r.ttl = positive(duration(v, seg)?, seg)?,
+        "stats" => r.stats = positive(duration(v, seg)?, seg)?,
+        "visit-key" => r.visit_key = Some(text(v, seg)?),
+        _ => return Err(err(k, "unknown query key")),
+    }
+    Ok(())
+}
+
+/// Cross-key and per-role checks, after every key is set. `base` is the URL before `?`.
+fn validate(cfg: &Config, base: &str) -> Result<(), ConfigError> {
+    if cfg.min > cfg.max {
+        let part = format!("min={}&max={}", cfg.min, cfg.max);
+        return Err(err(&part, "min must not exceed max"));
+    }
+    if cfg.tls == TlsMode::Files && matches!(cfg.role, Role::Server | Role::Relay) {
+        if cfg.crt.is_none() {
+            return Err(err("crt", "tls=2 needs a certificate file"));
+        }
+        if cfg.key_file.is_none() {
+            return Err(err("key", "tls=2 needs a private key file"));
+        }
+    }
+    match cfg.role {
+        Role::Server | Role::Client if cfg.targets.is_empty() => Err(err(
+            base,
+            "missing target: add /host:port after the tunnel address",
+        )),
+        Role::Relay if !cfg.targets.is_empty() => Err(err(base, "a relay takes no target")),
+        Role::Visit if cfg.targets.len() != 1 => Err(err(
+            base,
+            "visit takes exactly one local listen address after `/`",
+        )),
+        Role::Visit if cfg.name.is_none() => Err(err("name", "visit needs name=<reservation>")),
+        _ => Ok(()),
+    }
+}

@@ -1,5 +1,78 @@
 //! The `edgepass` binary: parse the command line, set up logging, run the role.
+//!
+//! Exit codes: 0 after a clean stop, 1 when the role fails at run time (for example the port
+//! is taken), 2 for bad usage or configuration (nothing is started).
 
-fn main() {
-    println!("edgepass {}", env!("CARGO_PKG_VERSION"));
+use std::process::ExitCode;
+
+use async_signal::{Signal, Signals};
+use edgepass::cli::{self, Command};
+use edgepass::config::LogLevel;
+use edgepass::shutdown::Shutdown;
+use smol::stream::StreamExt;
+
+fn main() -> ExitCode {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = match cli::parse_args(args, &env) {
+        Ok(Command::Help) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("edgepass {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(cfg)) => cfg,
+        Err(e) => {
+            eprintln!("edgepass: {e} (see edgepass --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match cfg.log {
+        LogLevel::None => log::LevelFilter::Off,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Warn | LogLevel::Event => log::LevelFilter::Warn,
+        LogLevel::Error => log::LevelFilter::Error,
+    };
+    // Only our own lines: dependencies log at their own level through `log` too.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(log::LevelFilter::Warn)
+        .with_module_level("edgepass", level)
+        .init();
+    let shutdown = Shutdown::new();
+    smol::block_on(async {
+        let node = match edgepass::bind(cfg, shutdown.clone()).await {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match Signals::new([Signal::Term, Signal::Int]) {
+            Ok(mut signals) => {
+                let sd = shutdown.clone();
+                smol::spawn(async move {
+                    if let Some(Ok(sig)) = signals.next().await {
+                        log::info!("{sig:?}: stopping; open connections may finish");
+                        sd.trigger();
+                    }
+                    // A second signal stops at once.
+                    if signals.next().await.is_some() {
+                        std::process::exit(1);
+                    }
+                })
+                .detach();
+            }
+            Err(e) => log::warn!("cannot watch SIGINT/SIGTERM: {e}"),
+        }
+        match node.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

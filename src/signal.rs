@@ -5,7 +5,7 @@
 //! read bytes, hand them to [`Signal::parse`] and write what [`Signal::encode`] produces.
 //! See `docs/PROTOCOL.md` for the grammar.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 
 /// Longest signal line, `\n` included.
@@ -133,3 +133,433 @@ impl std::error::Error for SignalError {}
 
 /// An encoded signal line, `\n` included.
 pub type Line = heapless::Vec<u8, MAX_LINE>;
+
+/// Longest `err` text in bytes: keeps every `err` line well under [`MAX_LINE`].
+pub const MAX_ERR_TEXT: usize = 200;
+/// Status codes are three digits, `1xx` to `5xx` (after libp2p circuit relay v2).
+const ERR_CODES: std::ops::RangeInclusive<u16> = 100..=599;
+/// Longest canonical socket address: `[` 39-char IPv6 `%` 10-digit scope `]:` 5-digit port.
+const MAX_ADDR: usize = 64;
+
+impl<'a> Signal<'a> {
+    /// Parses one line from the front of `buf`.
+    ///
+    /// Returns the signal and the number of bytes consumed (the line and its `\n`); the bytes
+    /// after it are not looked at, so the caller forwards them as data. Only the canonical form
+    /// is accepted: one space between tokens, lower-case hex, decimals without leading zeros,
+    /// no `\r`. The `err` text is the rest of the line, taken verbatim (1 to
+    /// [`MAX_ERR_TEXT`] printable ASCII bytes, spaces included).
+    ///
+    /// # Errors
+    /// [`SignalError::Incomplete`] when there is no `\n` yet and fewer than [`MAX_LINE`]
+    /// bytes, [`SignalError::TooLong`] when the first [`MAX_LINE`] bytes hold no `\n`, and
+    /// [`SignalError::Malformed`] when the line is not a signal.
+    ///
+    /// # Examples
+    /// ```
+    /// use edgepass::signal::{Signal, SignalError};
+    /// assert_eq!(Signal::parse(b"ping 7\nrest"), Ok((Signal::Ping(7), 7)));
+    /// assert_eq!(Signal::parse(b"ping 7"), Err(SignalError::Incomplete));
+    /// ```
+    pub fn parse(buf: &'a [u8]) -> Result<(Signal<'a>, usize), SignalError> {
+        let window = buf.get(..MAX_LINE).unwrap_or(buf);
+        let Some(nl) = window.iter().position(|&b| b == b'\n') else {
+            return Err(if buf.len() < MAX_LINE {
+                SignalError::Incomplete
+            } else {
+                SignalError::TooLong
+            });
+        };
+        let (line, _) = window.split_at(nl);
+        Ok((parse_line(line)?, nl + 1))
+    }
+
+    /// Encodes the signal as one canonical line, `\n` included, that [`Signal::parse`]
+    /// accepts and returns equal.
+    ///
+    /// Values the grammar cannot carry are brought into range so the line always parses:
+    /// `err` text is sanitized (bytes outside `0x20..=0x7e` become `?`, cut to
+    /// [`MAX_ERR_TEXT`], an empty text becomes `?`), an `err` code is clamped to `100..=599`,
+    /// a `challenge` mode to `0..=2`, a `tls` mode to `1..=2`, and a `session` with neither
+    /// TCP nor UDP is sent as `tu`.
+    ///
+    /// # Examples
+    /// ```
+    /// use edgepass::signal::Signal;
+    /// let line = Signal::Err { code: 202, text: "permission denied" }.encode();
+    /// assert_eq!(&line[..], b"err 202 permission denied\n");
+    /// ```
+    pub fn encode(&self) -> Line {
+        let mut line = Line::new();
+        // Every line is shorter than MAX_LINE by construction (the longest, `challenge`, is
+        // 175 bytes; `err` at most 209), so the pushes below cannot run out of room.
+        match *self {
+            Signal::Hello { kind, cnonce } => {
+                put(&mut line, b"hello ");
+                put(&mut line, kind.token());
+                put(&mut line, b" ");
+                push_hex(&mut line, &cnonce);
+            }
+            Signal::Challenge {
+                snonce,
+                tls,
+                fp,
+                proof,
+            } => {
+                put(&mut line, b"challenge ");
+                push_hex(&mut line, &snonce);
+                let _ = write!(line, " {} ", tls.min(2));
+                match fp {
+                    Some(fp) => push_hex(&mut line, &fp),
+                    None => put(&mut line, b"-"),
+                }
+                put(&mut line, b" ");
+                push_hex(&mut line, &proof);
+            }
+            Signal::UseTls { mode } => {
+                let _ = write!(line, "tls {}", mode.clamp(1, 2));
+            }
+            Signal::Auth { proof, sid } => {
+                put(&mut line, b"auth ");
+                push_hex(&mut line, &proof);
+                put(&mut line, b" ");
+                match sid {
+                    Some(sid) => push_hex(&mut line, &sid),
+                    None => put(&mut line, b"-"),
+                }
+            }
+            Signal::Session {
+                sid,
+                forward,
+                max,
+                tcp,
+                udp,
+            } => {
+                put(&mut line, b"session ");
+                push_hex(&mut line, &sid);
+                let flow = if forward { "f" } else { "r" };
+                let proto = match (tcp, udp) {
+                    (true, false) => "t",
+                    (false, true) => "u",
+                    _ => "tu",
+                };
+                let _ = write!(line, " {flow} {max} {proto}");
+            }
+            Signal::Pooled { id } => {
+                let _ = write!(line, "pooled {id}");
+            }
+            Signal::Err { code, text } => {
+                let code = code.clamp(*ERR_CODES.start(), *ERR_CODES.end());
+                let _ = write!(line, "err {code} ");
+                let text = text.as_bytes();
+                if text.is_empty() {
+                    put(&mut line, b"?");
+                }
+                for &b in text.iter().take(MAX_ERR_TEXT) {
+                    let b = if is_printable(b) { b } else { b'?' };
+                    let _ = line.push(b);
+                }
+            }
+            Signal::Tcp { id, peer } => {
+                let _ = write!(line, "tcp {id} {peer}");
+            }
+            Signal::Udp { id, peer } => {
+                let _ = write!(line, "udp {id} {peer}");
+            }
+            Signal::Ping(n) => {
+                let _ = write!(line, "ping {n}");
+            }
+            Signal::Pong(n) => {
+                let _ = write!(line, "pong {n}");
+            }
+            Signal::Flush => put(&mut line, b"flush"),
+            Signal::Trim(n) => {
+                let _ = write!(line, "trim {n}");
+            }
+        }
+        put(&mut line, b"\n");
+        line
+    }
+}
+
+impl Kind {
+    /// The token for this kind in `hello`.
+    fn token(self) -> &'static [u8] {
+        match self {
+            Kind::Ctl => b"ctl",
+            Kind::Pool => b"pool",
+        }
+    }
+}
+
+/// Shorthand for a malformed-line error.
+const fn bad(why: &'static str) -> SignalError {
+    SignalError::Malformed(why)
+}
+
+/// Parses one line without its `\n`.
+fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
+    if line.is_empty() {
+        return Err(bad("empty line"));
+    }
+    if line.last() == Some(&b'\r') {
+        return Err(bad("carriage return"));
+    }
+    let mut t = Tokens { rest: Some(line) };
+    let word = t.next()?;
+    let signal = match word {
+        b"hello" => {
+            let kind = match t.next()? {
+                b"ctl" => Kind::Ctl,
+                b"pool" => Kind::Pool,
+                _ => return Err(bad("bad kind")),
+            };
+            let cnonce = hex(t.next()?)?;
+            Signal::Hello { kind, cnonce }
+        }
+        b"challenge" => {
+            let snonce = hex(t.next()?)?;
+            let tls = match t.next()? {
+                b"0" => 0,
+                b"1" => 1,
+                b"2" => 2,
+                _ => return Err(bad("bad tls mode")),
+            };
+            let fp = hex_or_dash(t.next()?)?;
+            let proof = hex(t.next()?)?;
+            Signal::Challenge {
+                snonce,
+                tls,
+                fp,
+                proof,
+            }
+        }
+        b"tls" => {
+            let mode = match t.next()? {
+                b"1" => 1,
+                b"2" => 2,
+                _ => return Err(bad("bad tls mode")),
+            };
+            Signal::UseTls { mode }
+        }
+        b"auth" => {
+            let proof = hex(t.next()?)?;
+            let sid = hex_or_dash(t.next()?)?;
+            Signal::Auth { proof, sid }
+        }
+        b"session" => {
+            let sid = hex(t.next()?)?;
+            let forward = match t.next()? {
+                b"r" => false,
+                b"f" => true,
+                _ => return Err(bad("bad flow")),
+            };
+            let max = parse_u32(t.next()?)?;
+            let (tcp, udp) = match t.next()? {
+                b"tu" => (true, true),
+                b"t" => (true, false),
+                b"u" => (false, true),
+                _ => return Err(bad("bad proto")),
+            };
+            Signal::Session {
+                sid,
+                forward,
+                max,
+                tcp,
+                udp,
+            }
+        }
+        b"pooled" => Signal::Pooled {
+            id: parse_u32(t.next()?)?,
+        },
+        b"err" => {
+            let code = parse_code(t.next()?)?;
+            // The text is the rest of the line, spaces and all: nothing follows it.
+            return Ok(Signal::Err {
+                code,
+                text: parse_text(t.rest.ok_or(bad("missing token"))?)?,
+            });
+        }
+        b"tcp" => Signal::Tcp {
+            id: parse_u32(t.next()?)?,
+            peer: parse_addr(t.next()?)?,
+        },
+        b"udp" => Signal::Udp {
+            id: parse_u32(t.next()?)?,
+            peer: parse_addr(t.next()?)?,
+        },
+        b"ping" => Signal::Ping(parse_u32(t.next()?)?),
+        b"pong" => Signal::Pong(parse_u32(t.next()?)?),
+        b"flush" => Signal::Flush,
+        b"trim" => Signal::Trim(parse_u32(t.next()?)?),
+        _ => return Err(bad("unknown signal")),
+    };
+    t.end()?;
+    Ok(signal)
+}
+
+/// Space-separated tokens of one line, each required to be non-empty.
+struct Tokens<'a> {
+    /// What follows the last space taken; `None` once the last token was taken.
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Tokens<'a> {
+    /// The next token.
+    fn next(&mut self) -> Result<&'a [u8], SignalError> {
+        let rest = self.rest.ok_or(bad("missing token"))?;
+        let (token, after) = match rest.iter().position(|&b| b == b' ') {
+            Some(i) => {
+                let (token, after) = rest.split_at(i);
+                (token, after.get(1..))
+            }
+            None => (rest, None),
+        };
+        if token.is_empty() {
+            return Err(bad(if after.is_none() {
+                "trailing space"
+            } else {
+                "extra space"
+            }));
+        }
+        self.rest = after;
+        Ok(token)
+    }
+
+    /// Requires that every token was taken.
+    fn end(self) -> Result<(), SignalError> {
+        match self.rest {
+            None => Ok(()),
+            Some([]) => Err(bad("trailing space")),
+            Some(_) => Err(bad("extra token")),
+        }
+    }
+}
+
+/// A decimal u32: digits only, no leading zero except `0` itself.
+fn parse_u32(token: &[u8]) -> Result<u32, SignalError> {
+    if token.len() > 1 && token.first() == Some(&b'0') {
+        return Err(bad("leading zero"));
+    }
+    if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
+        return Err(bad("bad number"));
+    }
+    token
+        .iter()
+        .try_fold(0u32, |n, &d| {
+            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        })
+        .ok_or(bad("number overflow"))
+}
+
+/// A three-digit status code in `100..=599`.
+fn parse_code(token: &[u8]) -> Result<u16, SignalError> {
+    let code = match token {
+        &[a, b, c] if token.iter().all(u8::is_ascii_digit) => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => return Err(bad("bad code")),
+    };
+    if ERR_CODES.contains(&code) {
+        Ok(code)
+    } else {
+        Err(bad("bad code"))
+    }
+}
+
+/// `err` text: 1 to [`MAX_ERR_TEXT`] printable ASCII bytes.
+fn parse_text(text: &[u8]) -> Result<&str, SignalError> {
+    if text.is_empty() {
+        return Err(bad("missing token"));
+    }
+    if text.len() > MAX_ERR_TEXT {
+        return Err(bad("text too long"));
+    }
+    if !text.is_ascii() {
+        return Err(bad("non-ASCII text"));
+    }
+    if !text.iter().all(|&b| is_printable(b)) {
+        return Err(bad("control byte in text"));
+    }
+    std::str::from_utf8(text).map_err(|_| bad("non-ASCII text"))
+}
+
+/// Printable ASCII, space included.
+fn is_printable(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b)
+}
+
+/// A socket address in the exact form `Display` writes (`1.2.3.4:5`, `[::1]:5`).
+fn parse_addr(token: &[u8]) -> Result<SocketAddr, SignalError> {
+    let addr: SocketAddr = core::str::from_utf8(token)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(bad("bad address"))?;
+    // One canonical form: `[0::1]:05` parses but is refused, so that encode(parse(x)) == x.
+    let mut canon = heapless::Vec::<u8, MAX_ADDR>::new();
+    match write!(canon, "{addr}") {
+        Ok(()) if canon == token => Ok(addr),
+        _ => Err(bad("non-canonical address")),
+    }
+}
+
+/// A fixed-size value as lower-case hex.
+fn hex<const N: usize>(token: &[u8]) -> Result<[u8; N], SignalError> {
+    hex_decode(token).ok_or(bad("bad hex"))
+}
+
+/// Lower-case hex, or `-` for none.
+fn hex_or_dash<const N: usize>(token: &[u8]) -> Result<Option<[u8; N]>, SignalError> {
+    match token {
+        b"-" => Ok(None),
+        _ => hex(token).map(Some),
+    }
+}
+
+/// Decodes exactly `2 * N` lower-case hex digits into `N` bytes.
+fn hex_decode<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let [hi, lo] = pair else { return None };
+        *byte = (nibble(*hi)? << 4) | nibble(*lo)?;
+    }
+    Some(out)
+}
+
+/// The value of one lower-case hex digit.
+fn nibble(d: u8) -> Option<u8> {
+    match d {
+        b'0'..=b'9' => Some(d - b'0'),
+        b'a'..=b'f' => Some(d - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The lower-case hex digit for the low four bits of `n`.
+fn hex_digit(n: u8) -> u8 {
+    let n = n & 0x0f;
+    if n < 10 {
+        b'0' + n
+    } else {
+        b'a' + n - 10
+    }
+}
+
+/// Appends `bytes` as lower-case hex.
+fn push_hex(line: &mut Line, bytes: &[u8]) {
+    for &b in bytes {
+        let _ = line.push(hex_digit(b >> 4));
+        let _ = line.push(hex_digit(b));
+    }
+}
+
+/// Appends raw bytes (lines are bounded by construction, see [`Signal::encode`]).
+fn put(line: &mut Line, bytes: &[u8]) {
+    let _ = line.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,87 @@
+//! The authentication exchange of docs/PROTOCOL.md, for both ends of one connection.
+//!
+//! Only bytes move here; proofs come from [`crate::auth`] and lines from [`crate::lines`].
+//! Callers bound the whole exchange with `HANDSHAKE_TIMEOUT`.
+
+use smol::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::{self, Key, Transcript};
+use crate::error::{ProtoError, Result};
+use crate::lines::{send, LineReader};
+use crate::signal::{Kind, Signal, MAC_LEN, NONCE_LEN, SID_LEN};
+
+/// What the server learned from a client that proved the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Control or pool.
+    pub kind: Kind,
+    /// The session a pool connection joins.
+    pub sid: Option<[u8; SID_LEN]>,
+}
+
+/// Server side: read `hello`, send `challenge`, read and check `auth`. On a wrong proof the
+/// client is told `err 202` and the error is returned for the log.
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    lines: &mut LineReader,
+    key: &Key,
+    tls: u8,
+    fp: Option<[u8; MAC_LEN]>,
+) -> Result<Hello> {
+    let (kind, cnonce) = match lines.next(s).await? {
+        Signal::Hello { kind, cnonce } => (kind, cnonce),
+        _ => return Err(ProtoError::Unexpected("expected hello").into()),
+    };
+    let snonce = auth::random::<NONCE_LEN>();
+    let t = Transcript { kind: auth::kind_token(kind), cnonce, snonce, tls, fp };
+    send(s, &Signal::Challenge { snonce, tls, fp, proof: t.server_proof(key) }).await?;
+    let (proof, sid) = match lines.next(s).await? {
+        Signal::Auth { proof, sid } => (proof, sid),
+        _ => return Err(ProtoError::Unexpected("expected auth").into()),
+    };
+    // A control connection names no session; a pool connection must.
+    let sid_ok = (kind == Kind::Ctl) == sid.is_none();
+    if !sid_ok || !t.verify_client(key, sid, &proof) {
+        refuse(s, 202, "permission denied").await;
+        return Err(ProtoError::BadProof.into());
+    }
+    Ok(Hello { kind, sid })
+}
+
+/// Send `err <code> <text>`, ignoring failures: the connection is being closed anyway.
+pub async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, code: u16, text: &str) {
+    let _ = send(s, &Signal::Err { code, text }).await;
+}
+
+/// Client side: send `hello`, check the server's `challenge` (proof, TLS mode, certificate
+/// fingerprint), send `auth`. `tls` is the mode of the transport we are on and `seen_fp` the
+/// SHA-256 of the certificate the TLS handshake showed us.
+pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    lines: &mut LineReader,
+    key: &Key,
+    kind: Kind,
+    sid: Option<[u8; SID_LEN]>,
+    tls: u8,
+    seen_fp: Option<[u8; MAC_LEN]>,
+) -> Result<()> {
+    let cnonce = auth::random::<NONCE_LEN>();
+    send(s, &Signal::Hello { kind, cnonce }).await?;
+    let (snonce, their_tls, fp, proof) = match lines.next(s).await? {
+        Signal::Challenge { snonce, tls, fp, proof } => (snonce, tls, fp, proof),
+        Signal::UseTls { mode } => return Err(ProtoError::NeedTls(mode).into()),
+        Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
+        _ => return Err(ProtoError::Unexpected("expected challenge").into()),
+    };
+    let t = Transcript { kind: auth::kind_token(kind), cnonce, snonce, tls: their_tls, fp };
+    if !t.verify_server(key, &proof) {
+        return Err(ProtoError::BadProof.into());
+    }
+    if their_tls != tls {
+        return Err(ProtoError::TlsMismatch.into());
+    }
+    if tls != 0 && (fp.is_none() || fp != seen_fp) {
+        return Err(ProtoError::FingerprintMismatch.into());
+    }
+    send(s, &Signal::Auth { proof: t.client_proof(key, sid), sid }).await
+}

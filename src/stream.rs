@@ -1,0 +1,100 @@
+//! One connection type for every leg: plain TCP, or TLS (client or server side) over TCP.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use smol::io::{AsyncRead, AsyncWrite};
+use smol::Async;
+
+/// A tunnel, pool, user or target connection.
+pub enum Conn {
+    /// Plain TCP.
+    Plain(Async<TcpStream>),
+    /// TLS, we dialed.
+    #[cfg(feature = "tls")]
+    TlsClient(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
+    /// TLS, we accepted.
+    #[cfg(feature = "tls")]
+    TlsServer(Box<futures_rustls::server::TlsStream<Async<TcpStream>>>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Conn::Plain(_) => "plain",
+            #[cfg(feature = "tls")]
+            Conn::TlsClient(_) => "tls-client",
+            #[cfg(feature = "tls")]
+            Conn::TlsServer(_) => "tls-server",
+        };
+        write!(f, "Conn({kind}, {:?})", self.peer_addr().ok())
+    }
+}
+
+impl Conn {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &Async<TcpStream> {
+        match self {
+            Conn::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Conn::TlsClient(s) => s.get_ref().0,
+            #[cfg(feature = "tls")]
+            Conn::TlsServer(s) => s.get_ref().0,
+        }
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().get_ref().peer_addr()
+    }
+
+    /// Whether an idle connection is still usable: nothing to read (no FIN, no stray bytes,
+    /// no TLS close_notify) and no socket error. Does not block.
+    pub fn idle_ok(&self) -> bool {
+        let mut b = [0u8; 1];
+        match self.tcp().get_ref().peek(&mut b) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Conn::Plain(_))
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Plain($s) => $e,
+            #[cfg(feature = "tls")]
+            Conn::TlsClient($s) => $e,
+            #[cfg(feature = "tls")]
+            Conn::TlsServer($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    /// A write half-close: TLS sends close_notify, then the TCP write side is shut down.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_close(cx))
+    }
+}

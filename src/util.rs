@@ -1,0 +1,78 @@
+//! Small shared pieces: accept-error backoff, reconnect backoff with jitter, log rate limiting.
+
+use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use smol::Timer;
+
+/// Longest pause after repeated accept errors (for example EMFILE).
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// Longest reconnect delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Log an accept error and pause, doubling from 10 ms up to one second, so a full fd table
+/// or a transient error never turns the accept loop into a busy spin.
+pub async fn accept_backoff(what: &str, e: &io::Error, errors: &mut u32) {
+    *errors = errors.saturating_add(1);
+    let pause = Duration::from_millis(10u64 << (*errors).min(7)).min(MAX_ACCEPT_PAUSE);
+    log::warn!("{what}: accept failed: {e}; pausing {pause:?}");
+    Timer::after(pause).await;
+}
+
+/// The next reconnect delay: `base * 2^attempt`, capped at [`MAX_BACKOFF`], with ±25% jitter so
+/// that many devices restarting together do not reconnect in lockstep.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF);
+    let r = crate::auth::random::<2>();
+    let unit = u16::from_le_bytes(r) as f64 / u16::MAX as f64; // 0..=1
+    exp.mul_f64(0.75 + unit * 0.5)
+}
+
+/// Allows one event per period (for log lines that a flood could otherwise repeat).
+#[derive(Debug)]
+pub struct RateLimit {
+    period: Duration,
+    // A mutex, not an AtomicU64: MIPS32 and ARMv6 have no 64-bit atomics.
+    next: Mutex<Option<Instant>>,
+}
+
+impl RateLimit {
+    /// One event per `period`.
+    pub fn new(period: Duration) -> Self {
+        RateLimit { period, next: Mutex::new(None) }
+    }
+
+    /// Whether an event may happen now.
+    pub fn allow(&self) -> bool {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if next.is_some_and(|n| now < n) {
+            return false;
+        }
+        *next = Some(now + self.period);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let base = Duration::from_secs(1);
+        for attempt in 0..20 {
+            let d = backoff(base, attempt);
+            let nominal = base.saturating_mul(1 << attempt.min(16)).min(MAX_BACKOFF);
+            assert!(d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25), "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_allows_once_per_period() {
+        let r = RateLimit::new(Duration::from_secs(3600));
+        assert!(r.allow());
+        assert!(!r.allow());
+    }
+}
