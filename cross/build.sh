@@ -101,7 +101,7 @@ build_one() {
     echo "==> [$backend] ${cmd[*]}" >&2
     local start=$SECONDS
     "${cmd[@]}"
-    local out="target/$target/$profile_dir/edgepass"
+    local out="${CARGO_TARGET_DIR:-target}/$target/$profile_dir/edgepass"
     [ -f "$out" ] || { echo "build.sh: $out was not produced" >&2; exit 1; }
     mkdir -p "$dist/$target"
     cp "$out" "$dist/$target/edgepass"

@@ -181,6 +181,7 @@ def udp_roundtrip(port, timeout):
                 last = f"got {len(got)} bytes that differ"
             except OSError as e:
                 last = f"{type(e).__name__}: {e}"
+            time.sleep(min(0.1 * attempt, 1.0))  # refused or lost: back off, do not spin
     print(f"udp echo FAILED after {attempt} attempts in {timeout}s: {last}", file=sys.stderr)
     return 1
 
