@@ -50,7 +50,10 @@ unsafe impl Sync for Arena {}
 
 impl std::fmt::Debug for Arena {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Arena").field("size", &self.size).field("count", &self.count).finish()
+        f.debug_struct("Arena")
+            .field("size", &self.size)
+            .field("count", &self.count)
+            .finish()
     }
 }
 
@@ -59,7 +62,9 @@ impl Arena {
     /// the address space budget). Fails only if the kernel refuses the mapping.
     pub fn new(count: usize, size: usize) -> std::io::Result<Arc<Arena>> {
         let size = size.max(1);
-        let count = count.clamp(1, (MAX_ARENA_BYTES / size).max(1)).min(u32::MAX as usize);
+        let count = count
+            .clamp(1, (MAX_ARENA_BYTES / size).max(1))
+            .min(u32::MAX as usize);
         let bytes = count * size;
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
         let ptr = unsafe {
@@ -76,7 +81,10 @@ impl Arena {
             base,
             size,
             count,
-            free: Mutex::new(Free { stack, dirty: vec![false; count] }),
+            free: Mutex::new(Free {
+                stack,
+                dirty: vec![false; count],
+            }),
             permits: Arc::new(Semaphore::new(count)),
         }))
     }
@@ -129,7 +137,11 @@ impl Arena {
             free.dirty[idx as usize] = true;
             idx
         };
-        Lease { arena: self.clone(), idx, _permit: permit }
+        Lease {
+            arena: self.clone(),
+            idx,
+            _permit: permit,
+        }
     }
 
     /// Give the pages of every free buffer back to the kernel; returns how many buffers.
@@ -171,7 +183,9 @@ impl Deref for Lease {
     fn deref(&self) -> &[u8] {
         let a = &*self.arena;
         // SAFETY: idx < count and this Lease is the buffer's only holder.
-        unsafe { std::slice::from_raw_parts(a.base.as_ptr().add(self.idx as usize * a.size), a.size) }
+        unsafe {
+            std::slice::from_raw_parts(a.base.as_ptr().add(self.idx as usize * a.size), a.size)
+        }
     }
 }
 
@@ -219,7 +233,8 @@ mod tests {
         smol::block_on(async {
             assert!(a.lease(Duration::from_millis(20)).await.is_none());
             let a2 = a.clone();
-            let waiter = smol::spawn(async move { a2.lease(Duration::from_secs(10)).await.is_some() });
+            let waiter =
+                smol::spawn(async move { a2.lease(Duration::from_secs(10)).await.is_some() });
             drop(held);
             assert!(waiter.await);
         });

@@ -103,7 +103,11 @@ fn verify(expected: &[u8; MAC_LEN], got: &[u8]) -> bool {
         return false;
     }
     // Fold every byte so the time does not depend on where they differ.
-    expected.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    expected
+        .iter()
+        .zip(got)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// Fresh random bytes from the OS (nonces, session ids).
@@ -138,7 +142,13 @@ mod tests {
     use super::*;
 
     fn t() -> Transcript<'static> {
-        Transcript { kind: "ctl", cnonce: [1; 16], snonce: [2; 16], tls: 0, fp: None }
+        Transcript {
+            kind: "ctl",
+            cnonce: [1; 16],
+            snonce: [2; 16],
+            tls: 0,
+            fp: None,
+        }
     }
 
     #[test]
@@ -165,12 +175,27 @@ mod tests {
         let k = Key::new(b"k");
         let base = t().server_proof(&k);
         let variants = [
-            Transcript { kind: "pool", ..t() },
-            Transcript { cnonce: [3; 16], ..t() },
-            Transcript { snonce: [3; 16], ..t() },
+            Transcript {
+                kind: "pool",
+                ..t()
+            },
+            Transcript {
+                cnonce: [3; 16],
+                ..t()
+            },
+            Transcript {
+                snonce: [3; 16],
+                ..t()
+            },
             Transcript { tls: 1, ..t() },
-            Transcript { fp: Some([0; 32]), ..t() },
-            Transcript { fp: Some([7; 32]), ..t() },
+            Transcript {
+                fp: Some([0; 32]),
+                ..t()
+            },
+            Transcript {
+                fp: Some([7; 32]),
+                ..t()
+            },
         ];
         for v in variants {
             assert_ne!(v.server_proof(&k), base, "{v:?}");

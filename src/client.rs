@@ -102,11 +102,12 @@ impl Client {
             let delay = backoff(inner.cfg.tuning.service_cooldown, attempt);
             attempt = attempt.saturating_add(1);
             log::info!("client: reconnecting in {:.1} s", delay.as_secs_f64());
-            Timer::after(delay).or(async {
-                inner.shutdown.wait().await;
-                std::time::Instant::now()
-            })
-            .await;
+            Timer::after(delay)
+                .or(async {
+                    inner.shutdown.wait().await;
+                    std::time::Instant::now()
+                })
+                .await;
         }
         Ok(())
     }
@@ -118,7 +119,9 @@ async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
     let tcp = net::dial(&inner.cfg.tunnel, inner.cfg.tuning.dial_timeout).await?;
     let mode = inner.tls.load(Relaxed);
     if mode != 0 {
-        return Err(Error::Tls(format!("tls={mode} is not supported by this build")));
+        return Err(Error::Tls(format!(
+            "tls={mode} is not supported by this build"
+        )));
     }
     Ok((Conn::Plain(tcp), 0, None))
 }
@@ -153,7 +156,10 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
     };
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
-    log::info!("client: session up with {} (pool {min}..{max})", inner.cfg.tunnel);
+    log::info!(
+        "client: session up with {} (pool {min}..{max})",
+        inner.cfg.tunnel
+    );
     let pool = Arc::new(Pool {
         sid,
         end: Shutdown::new(),
@@ -170,9 +176,14 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         interval: inner.cfg.tuning.min_pool_interval,
         trims: 0,
     };
-    let end = Control::new(conn, lines, inner.cfg.tuning.report_interval, inner.stats.clone())
-        .run(mgr)
-        .await;
+    let end = Control::new(
+        conn,
+        lines,
+        inner.cfg.tuning.report_interval,
+        inner.stats.clone(),
+    )
+    .run(mgr)
+    .await;
     pool.end.trigger();
     inner.stats.pool_idle.store(0, Relaxed);
     Ok(end)
@@ -202,7 +213,10 @@ impl Handler for PoolManager {
         let cap = self.capacity;
         // NodePass's rule: tick faster while the pool runs low, slower while it is full.
         if idle * 5 < cap {
-            self.interval = self.interval.saturating_sub(INTERVAL_STEP).max(cfg.min_pool_interval);
+            self.interval = self
+                .interval
+                .saturating_sub(INTERVAL_STEP)
+                .max(cfg.min_pool_interval);
         } else if idle * 5 > cap * 4 {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
@@ -255,14 +269,20 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             return;
         }
     };
-    inner.stats.pool_idle.store(pool.idle.fetch_add(1, Relaxed) + 1, Relaxed);
+    inner
+        .stats
+        .pool_idle
+        .store(pool.idle.fetch_add(1, Relaxed) + 1, Relaxed);
     let first = async { Some(lines.next(&mut conn).await) }
         .or(async {
             pool.end.wait().await;
             None
         })
         .await;
-    inner.stats.pool_idle.store(pool.idle.fetch_sub(1, Relaxed) - 1, Relaxed);
+    inner
+        .stats
+        .pool_idle
+        .store(pool.idle.fetch_sub(1, Relaxed) - 1, Relaxed);
     let peer = match first {
         None => return,
         Some(Ok(Signal::Tcp { id: got, peer })) if got == id => peer,
@@ -283,10 +303,17 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     serve_tcp(&inner, conn, &lines, id, peer).await;
 }
 
-async fn serve_tcp(inner: &Inner, mut conn: Conn, lines: &LineReader, id: u32, peer: std::net::SocketAddr) {
+async fn serve_tcp(
+    inner: &Inner,
+    mut conn: Conn,
+    lines: &LineReader,
+    id: u32,
+    peer: std::net::SocketAddr,
+) {
     let _active = ActiveGuard::new(&inner.stats, false);
     let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await) else {
+    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
+    else {
         inner.stats.refused.fetch_add(1, Relaxed);
         log::warn!("client: user {peer} refused: no free buffer in {wait:?}");
         return;
@@ -311,7 +338,15 @@ async fn serve_tcp(inner: &Inner, mut conn: Conn, lines: &LineReader, id: u32, p
     }
     log::debug!("client: user {peer} on pool connection {id}");
     let st = &inner.stats;
-    match copy::bidi(&mut conn, &mut target, (b1, b2), (&st.tcp_rx, &st.tcp_tx), inner.cfg.read).await {
+    match copy::bidi(
+        &mut conn,
+        &mut target,
+        (b1, b2),
+        (&st.tcp_rx, &st.tcp_tx),
+        inner.cfg.read,
+    )
+    .await
+    {
         Ok((up, down)) => log::debug!("client: user {peer} done: {up} B up, {down} B down"),
         Err(e) => log::debug!("client: user {peer} ended: {e}"),
     }

@@ -64,12 +64,22 @@ pub struct Control {
 impl Control {
     /// Wrap an authenticated control connection; `interval` is `REPORT_INTERVAL`.
     pub fn new(conn: Conn, lines: LineReader, interval: Duration, stats: Arc<Stats>) -> Self {
-        Control { conn, lines, interval, stats }
+        Control {
+            conn,
+            lines,
+            interval,
+            stats,
+        }
     }
 
     /// Run until the link dies, the peer misbehaves or the connection closes.
     pub async fn run<H: Handler>(self, mut h: H) -> End {
-        let Control { mut conn, mut lines, interval, stats } = self;
+        let Control {
+            mut conn,
+            mut lines,
+            interval,
+            stats,
+        } = self;
         let start = Instant::now();
         let mut last_rx = start;
         let mut next_ping = start + interval;
@@ -93,7 +103,9 @@ impl Control {
                         Signal::Pong(n) => {
                             if n == seq {
                                 let rtt = sent_at.elapsed().as_micros();
-                                stats.ping_us.store(rtt.min(usize::MAX as u128) as usize, Relaxed);
+                                stats
+                                    .ping_us
+                                    .store(rtt.min(usize::MAX as u128) as usize, Relaxed);
                             }
                             None
                         }
@@ -120,7 +132,8 @@ impl Control {
                         seq = seq.wrapping_add(1);
                         sent_at = now;
                         next_ping = now + interval;
-                        if let Err(e) = send_bounded(&mut conn, &Signal::Ping(seq), interval).await {
+                        if let Err(e) = send_bounded(&mut conn, &Signal::Ping(seq), interval).await
+                        {
                             return End::Closed(e);
                         }
                     }

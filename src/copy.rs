@@ -35,10 +35,25 @@ struct Dir<'c> {
 
 impl<'c> Dir<'c> {
     fn new(buf: Lease, counter: &'c Counter) -> Self {
-        Dir { buf, pos: 0, cap: 0, eof: false, done: false, unflushed: false, bytes: 0, counter }
+        Dir {
+            buf,
+            pos: 0,
+            cap: 0,
+            eof: false,
+            done: false,
+            unflushed: false,
+            bytes: 0,
+            counter,
+        }
     }
 
-    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W, moved: &mut bool) -> Poll<io::Result<()>>
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,

@@ -33,8 +33,23 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         _ => return Err(ProtoError::Unexpected("expected hello").into()),
     };
     let snonce = auth::random::<NONCE_LEN>();
-    let t = Transcript { kind: auth::kind_token(kind), cnonce, snonce, tls, fp };
-    send(s, &Signal::Challenge { snonce, tls, fp, proof: t.server_proof(key) }).await?;
+    let t = Transcript {
+        kind: auth::kind_token(kind),
+        cnonce,
+        snonce,
+        tls,
+        fp,
+    };
+    send(
+        s,
+        &Signal::Challenge {
+            snonce,
+            tls,
+            fp,
+            proof: t.server_proof(key),
+        },
+    )
+    .await?;
     let (proof, sid) = match lines.next(s).await? {
         Signal::Auth { proof, sid } => (proof, sid),
         _ => return Err(ProtoError::Unexpected("expected auth").into()),
@@ -68,12 +83,23 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     let cnonce = auth::random::<NONCE_LEN>();
     send(s, &Signal::Hello { kind, cnonce }).await?;
     let (snonce, their_tls, fp, proof) = match lines.next(s).await? {
-        Signal::Challenge { snonce, tls, fp, proof } => (snonce, tls, fp, proof),
+        Signal::Challenge {
+            snonce,
+            tls,
+            fp,
+            proof,
+        } => (snonce, tls, fp, proof),
         Signal::UseTls { mode } => return Err(ProtoError::NeedTls(mode).into()),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected challenge").into()),
     };
-    let t = Transcript { kind: auth::kind_token(kind), cnonce, snonce, tls: their_tls, fp };
+    let t = Transcript {
+        kind: auth::kind_token(kind),
+        cnonce,
+        snonce,
+        tls: their_tls,
+        fp,
+    };
     if !t.verify_server(key, &proof) {
         return Err(ProtoError::BadProof.into());
     }
@@ -83,5 +109,12 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     if tls != 0 && (fp.is_none() || fp != seen_fp) {
         return Err(ProtoError::FingerprintMismatch.into());
     }
-    send(s, &Signal::Auth { proof: t.client_proof(key, sid), sid }).await
+    send(
+        s,
+        &Signal::Auth {
+            proof: t.client_proof(key, sid),
+            sid,
+        },
+    )
+    .await
 }

@@ -76,7 +76,11 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::new(cfg.slot.saturating_mul(2), cfg.tuning.tcp_buf)?;
-    let (log, report, drain) = (cfg.log, cfg.tuning.report_interval, cfg.tuning.shutdown_timeout);
+    let (log, report, drain) = (
+        cfg.log,
+        cfg.tuning.report_interval,
+        cfg.tuning.shutdown_timeout,
+    );
     let (role, tunnel, public, mode) = match cfg.role {
         Role::Server => {
             let s = Server::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
@@ -87,9 +91,7 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
             let c = Client::new(cfg, stats.clone(), arena.clone(), shutdown.clone());
             (Role_::Client(c), None, None, 2)
         }
-        Role::Relay | Role::Visit => {
-            return Err(Error::Unsupported("the relay and visit roles"))
-        }
+        Role::Relay | Role::Visit => return Err(Error::Unsupported("the relay and visit roles")),
     };
     Ok(Node {
         role,
@@ -142,7 +144,10 @@ impl Node {
         }
         let left = self.stats.active();
         if left > 0 {
-            log::warn!("shutdown: closing {left} connections still open after {:?}", self.shutdown_timeout);
+            log::warn!(
+                "shutdown: closing {left} connections still open after {:?}",
+                self.shutdown_timeout
+            );
         }
         reporter.cancel().await;
         res

@@ -26,7 +26,11 @@ impl Default for LineReader {
 impl LineReader {
     /// An empty reader.
     pub const fn new() -> Self {
-        LineReader { buf: [0; MAX_LINE], len: 0, pending: 0 }
+        LineReader {
+            buf: [0; MAX_LINE],
+            len: 0,
+            pending: 0,
+        }
     }
 
     /// Read until one whole line is buffered and return it. EOF before a whole line is an

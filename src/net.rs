@@ -20,7 +20,9 @@ pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>
         Host::Name(name) => {
             let query = (name.clone(), hp.port);
             let lookup = smol::unblock(move || {
-                query.to_socket_addrs().map(|it| it.take(MAX_ADDRS).collect::<Vec<_>>())
+                query
+                    .to_socket_addrs()
+                    .map(|it| it.take(MAX_ADDRS).collect::<Vec<_>>())
             });
             let addrs = async { lookup.await.map_err(Error::Io) }
                 .or(async {
@@ -75,6 +77,7 @@ pub async fn listen(hp: &HostPort, timeout: Duration) -> Result<Async<TcpListene
             Err(e) => last = Some(e),
         }
     }
-    Err(Error::Io(last.unwrap_or_else(|| io::Error::other("nothing to bind"))))
+    Err(Error::Io(
+        last.unwrap_or_else(|| io::Error::other("nothing to bind")),
+    ))
 }
-

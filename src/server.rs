@@ -83,7 +83,10 @@ pub(crate) struct Inner {
 
 impl Inner {
     fn current(&self) -> Option<Arc<Session>> {
-        self.session.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -96,10 +99,18 @@ pub struct Server {
 
 impl Server {
     /// Bind the tunnel and public listeners.
-    pub async fn bind(cfg: Config, stats: Arc<Stats>, arena: Arc<Arena>, shutdown: Shutdown) -> Result<Server> {
+    pub async fn bind(
+        cfg: Config,
+        stats: Arc<Stats>,
+        arena: Arc<Arena>,
+        shutdown: Shutdown,
+    ) -> Result<Server> {
         let t = cfg.tuning.dial_timeout;
         let tunnel = net::listen(&cfg.tunnel, t).await?;
-        let target = cfg.targets.first().ok_or(Error::Proto(ProtoError::Unexpected("no public address")))?;
+        let target = cfg
+            .targets
+            .first()
+            .ok_or(Error::Proto(ProtoError::Unexpected("no public address")))?;
         let users = net::listen(target, t).await?;
         let key = Key::new(&cfg.key_bytes());
         let inner = Arc::new(Inner {
@@ -112,7 +123,11 @@ impl Server {
             pending: AtomicUsize::new(0),
             refusals: RateLimit::new(Duration::from_secs(1)),
         });
-        Ok(Server { inner, tunnel, users })
+        Ok(Server {
+            inner,
+            tunnel,
+            users,
+        })
     }
 
     /// The tunnel port's address.
@@ -127,7 +142,11 @@ impl Server {
 
     /// Serve until shutdown.
     pub async fn run(self) -> Result<()> {
-        let Server { inner, tunnel, users } = self;
+        let Server {
+            inner,
+            tunnel,
+            users,
+        } = self;
         log::info!(
             "server: tunnel on {}, users on {}",
             tunnel.get_ref().local_addr()?,
@@ -136,7 +155,8 @@ impl Server {
         let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
         let u = smol::spawn(accept_users(inner.clone(), users));
         inner.shutdown.wait().await;
-        drop((t.cancel().await, u.cancel().await));
+        t.cancel().await;
+        u.cancel().await;
         if let Some(s) = inner.current() {
             s.close();
         }
@@ -236,7 +256,11 @@ async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer
         log::warn!("tunnel: {peer}: {e}");
         return;
     }
-    let old = inner.session.lock().unwrap_or_else(|e| e.into_inner()).replace(sess.clone());
+    let old = inner
+        .session
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(sess.clone());
     if let Some(old) = old {
         log::info!("tunnel: client {peer} authenticated, replacing the previous session");
         old.close();
@@ -244,8 +268,17 @@ async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer
         log::info!("tunnel: client {peer} authenticated, session up");
     }
     inner.stats.pool_size.store(inner.cfg.max, Relaxed);
-    let ctl = Control::new(conn, lines, inner.cfg.tuning.report_interval, inner.stats.clone());
-    let handler = Taker { sess: sess.clone(), stats: inner.stats.clone(), tick: inner.cfg.tuning.report_interval };
+    let ctl = Control::new(
+        conn,
+        lines,
+        inner.cfg.tuning.report_interval,
+        inner.stats.clone(),
+    );
+    let handler = Taker {
+        sess: sess.clone(),
+        stats: inner.stats.clone(),
+        tick: inner.cfg.tuning.report_interval,
+    };
     let end = ctl
         .run(handler)
         .or(async {
@@ -361,7 +394,8 @@ async fn take_pool(inner: &Inner) -> Option<PoolConn> {
 async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     let _active = ActiveGuard::new(&inner.stats, false);
     let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await) else {
+    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
+    else {
         inner.stats.refused.fetch_add(1, Relaxed);
         if inner.refusals.allow() {
             log::warn!("user {peer} refused: no free buffer in {wait:?}");
@@ -382,7 +416,15 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     log::debug!("user {peer} on pool connection {}", pc.id);
     let mut user = Conn::Plain(s);
     let st = &inner.stats;
-    match copy::bidi(&mut user, &mut pc.conn, (b1, b2), (&st.tcp_rx, &st.tcp_tx), inner.cfg.read).await {
+    match copy::bidi(
+        &mut user,
+        &mut pc.conn,
+        (b1, b2),
+        (&st.tcp_rx, &st.tcp_tx),
+        inner.cfg.read,
+    )
+    .await
+    {
         Ok((up, down)) => log::debug!("user {peer} done: {up} B up, {down} B down"),
         Err(e) => log::debug!("user {peer} ended: {e}"),
     }

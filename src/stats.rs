@@ -114,7 +114,10 @@ impl ActiveGuard {
     /// Count one more TCP connection (`udp == false`) or UDP flow.
     pub fn new(stats: &Arc<Stats>, udp: bool) -> Self {
         stats.counter(udp).fetch_add(1, Relaxed);
-        ActiveGuard { stats: stats.clone(), udp }
+        ActiveGuard {
+            stats: stats.clone(),
+            udp,
+        }
     }
 }
 

@@ -54,10 +54,7 @@ impl Conn {
     /// no TLS close_notify) and no socket error. Does not block.
     pub fn idle_ok(&self) -> bool {
         let mut b = [0u8; 1];
-        match self.tcp().get_ref().peek(&mut b) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
-            _ => false,
-        }
+        matches!(self.tcp().get_ref().peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Whether this connection is TLS.
@@ -67,8 +64,8 @@ impl Conn {
 }
 
 macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
+    ($this:expr, $s:ident => $e:expr) => {
+        match $this {
             Conn::Plain($s) => $e,
             #[cfg(feature = "tls")]
             Conn::TlsClient($s) => $e,
@@ -79,22 +76,37 @@ macro_rules! delegate {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_flush(cx))
+        delegate!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     /// A write half-close: TLS sends close_notify, then the TCP write side is shut down.
+    /// (`Async<TcpStream>`'s own `poll_close` only flushes.)
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_close(cx))
+        let this = self.get_mut();
+        std::task::ready!(delegate!(&mut *this, s => Pin::new(s).poll_close(cx)))?;
+        match this.tcp().get_ref().shutdown(std::net::Shutdown::Write) {
+            // Already shut down or reset by the peer: the half-close has nothing left to do.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            r => Poll::Ready(r),
+        }
     }
 }

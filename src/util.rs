@@ -23,7 +23,9 @@ pub async fn accept_backoff(what: &str, e: &io::Error, errors: &mut u32) {
 /// The next reconnect delay: `base * 2^attempt`, capped at [`MAX_BACKOFF`], with ±25% jitter so
 /// that many devices restarting together do not reconnect in lockstep.
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16)).min(MAX_BACKOFF);
+    let exp = base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(MAX_BACKOFF);
     let r = crate::auth::random::<2>();
     let unit = u16::from_le_bytes(r) as f64 / u16::MAX as f64; // 0..=1
     exp.mul_f64(0.75 + unit * 0.5)
@@ -40,7 +42,10 @@ pub struct RateLimit {
 impl RateLimit {
     /// One event per `period`.
     pub fn new(period: Duration) -> Self {
-        RateLimit { period, next: Mutex::new(None) }
+        RateLimit {
+            period,
+            next: Mutex::new(None),
+        }
     }
 
     /// Whether an event may happen now.
@@ -65,7 +70,10 @@ mod tests {
         for attempt in 0..20 {
             let d = backoff(base, attempt);
             let nominal = base.saturating_mul(1 << attempt.min(16)).min(MAX_BACKOFF);
-            assert!(d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25), "{attempt}: {d:?}");
+            assert!(
+                d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25),
+                "{attempt}: {d:?}"
+            );
         }
     }
 
