@@ -30,7 +30,9 @@ rm -rf dist
 cross/build.sh --backend zig "${targets[@]}"
 
 step "smoke test under qemu-user"
-cross/smoke.sh --udp "${targets[@]}"
+# TCP echo with tls=0 and tls=1. Add --udp once the core forwards UDP (the server does not
+# listen on UDP yet).
+cross/smoke.sh "${targets[@]}"
 
 step "OpenWrt packages"
 pkgs=()
