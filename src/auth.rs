@@ -89,6 +89,8 @@ pub fn kind_token(kind: Kind) -> &'static str {
     match kind {
         Kind::Ctl => "ctl",
         Kind::Pool => "pool",
+        Kind::Reserve => "reserve",
+        Kind::Connect => "connect",
     }
 }
 

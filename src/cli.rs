@@ -43,7 +43,7 @@ pub enum CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Usage { part, reason } => write!(f, "{reason}: `{part}` (see --help)"),
+            CliError::Usage { part, reason } => write!(f, "{reason}: `{part}`"),
             CliError::Config(e) => e.fmt(f),
         }
     }
@@ -73,31 +73,41 @@ USAGE:
 
 ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
     server  accepts one client on the tunnel address, serves users on the target address
+            (TCP and UDP on the same port; each UDP source address is one flow)
             edgepass 'server://secret@:10101/127.0.0.1:8080?tls=1'
     client  dials the server (or a relay) and forwards to the local target(s)
             edgepass 'client://secret@vps.example.com:10101/127.0.0.1:8080'
+            edgepass 'client://secret@[2001:db8::1]:10101/10.0.0.5:80,10.0.0.6:80?proxy=1'
             edgepass 'client://secret@relay.example.com:4001/127.0.0.1:554?name=cam-7'
     relay   rendezvous for named reservations (default port 4001)
             edgepass 'relay://secret@0.0.0.0:4001?max-conns=1000&max-reservations=128'
             edgepass relay -port 4001 -max-conns 1000 -max-reservations 128
     visit   local listener whose connections reach a named reservation through a relay
             edgepass 'visit://secret@relay.example.com:4001/127.0.0.1:8554?name=cam-7'
-    Without key@ the key is the tunnel port. IPv6 hosts go in brackets: [::1]:80.
+    Without key@ the key is the tunnel port. IPv6 hosts go in brackets: [::1]:80;
+    a [::] listener takes IPv4 users too (dual stack, the Linux default).
     Quote the URL in a shell: `&` and `?` are special there.
 
 QUERY KEYS (default in brackets):
     log=none|debug|info|warn|error|event [info]   tls=0|1|2 plain|self-signed|files [0]
     crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay)
     ca=FILE sni=NAME   roots and name the client verifies with tls=2
-    min=N [4]  max=N [64]  warm pool size    slot=N [1024]  concurrent sessions
-    read=DUR [0=none]  idle timeout          rate=MBIT [0=unlimited]
-    mode=0|1|2 [0]     0 auto, see NodePass  proxy=0|1|2 [0]  PROXY v1/v2 header to target
-    dial=IP|auto       source address        dns=DUR [5m]  re-resolve host names
-    notcp=0|1 [0]  noudp=0|1 [0]             name=NAME  reservation (1-63 of A-Za-z0-9._-)
+    min=N [4]  max=N [64]  warm pool size    slot=N [1024]  TCP users + UDP flows, more refused
+    read=DUR [0=none]  idle timeout          mode=0|1|2 [0]  0 auto, see NodePass
+    rate=MBIT [0=unlimited]  token bucket per direction, shared by the process's connections
+    proxy=0|1|2 [0]    PROXY v1 (text) / v2 (binary) header with the user's address, sent
+                       first to the target; read by the side that dials the target (client)
+    dial=IP|auto [auto]  source address of the client's dials (server and targets); falls
+                       back to auto, with a warning, once IP cannot be bound
+    dns=DUR [5m]       cache host name lookups for DUR, then look up again (0: every dial)
+    notcp=0|1 [0]  noudp=0|1 [0]  protocol off  name=NAME  reservation (1-63 of A-Za-z0-9._-)
+    Targets a,b,c: round robin; one that fails is skipped for 10s while others work.
   relay:
     max-conns=N [1000]  max-reservations=N [128]  max-per-ip=N [8]  max-circuits=N [16]
     circuit-duration=DUR [0=unlimited]  circuit-bytes=N [0=unlimited]  ttl=DUR [1h]
-    stats=DUR [30s]  visit-key=KEY  a separate key for visitors
+    stats=DUR [30s]  visit-key=KEY  a separate key for visitors (it cannot reserve)
+    rate=MBIT paces each circuit. A device (client with name=) refreshes every ttl/2 and
+    re-reserves by itself after a relay restart; refusals are logged with their code.
     DUR is a Go duration: 500ms, 5s, 1m30s, 2h, 1.5s.
     Relay flag form (-flag or --flag, VALUE or =VALUE): --port [4001] --host [0.0.0.0]
     --key KEY (shared key) --key-file FILE (key=), and --log --tls --crt --slot --read

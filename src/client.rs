@@ -11,33 +11,48 @@ use smol::Timer;
 
 use crate::arena::Arena;
 use crate::auth::Key;
-use crate::config::{Config, HostPort};
+use crate::config::Config;
 use crate::control::{Control, End, Handler};
 use crate::copy;
+use crate::dialer::Dialer;
 use crate::error::{Error, ProtoError, Result};
 use crate::handshake;
 use crate::lines::LineReader;
-use crate::net;
+use crate::proxy;
+use crate::rate::Limits;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+use crate::targets::Targets;
 use crate::util::{backoff, RateLimit};
 
 /// Pool tick adjustment step (NodePass's rule).
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
 pub(crate) struct Inner {
-    cfg: Config,
+    pub(crate) cfg: Config,
     key: Key,
-    stats: Arc<Stats>,
-    arena: Arc<Arena>,
-    shutdown: Shutdown,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) arena: Arc<Arena>,
+    /// Buffers for UDP flows (`None`: UDP off).
+    pub(crate) udp_arena: Option<Arc<Arena>>,
+    pub(crate) shutdown: Shutdown,
     /// The TLS mode learned from the server (0 until told otherwise).
-    tls: AtomicU8,
-    /// Round-robin position among the targets.
-    next_target: AtomicUsize,
-    warn: RateLimit,
+    pub(crate) tls: AtomicU8,
+    /// Outgoing connections (`dial=`, `dns=`).
+    pub(crate) dialer: Dialer,
+    /// The targets, round robin with failover.
+    pub(crate) targets: Targets,
+    /// `rate=`: the process's token buckets.
+    pub(crate) limits: Option<Limits>,
+    pub(crate) warn: RateLimit,
+    /// Round-robin position among the targets for UDP flows.
+    #[cfg(feature = "udp")]
+    pub(crate) next_udp: AtomicUsize,
+    /// This process's device id for relay reservations (lets it take its own name over).
+    #[cfg(feature = "relay")]
+    pub(crate) device: [u8; crate::signal::NONCE_LEN],
 }
 
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
@@ -48,6 +63,10 @@ struct Pool {
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
+    /// TCP forwarded: the server offers it and `notcp` is not set here.
+    tcp: bool,
+    /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
+    udp: bool,
 }
 
 /// A client, ready to run.
@@ -56,21 +75,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Prepare a client; nothing is dialed until [`Client::run`].
-    pub fn new(cfg: Config, stats: Arc<Stats>, arena: Arc<Arena>, shutdown: Shutdown) -> Client {
-        let key = Key::new(&cfg.key_bytes());
-        let tls = AtomicU8::new(0);
+    /// Prepare a client; nothing is dialed until [`Client::run`]. UDP flows lease their
+    /// buffers from `udp_arena` (`None`: UDP off).
+    pub fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        bufs: (Arc<Arena>, Option<Arc<Arena>>),
+        shutdown: Shutdown,
+    ) -> Client {
         Client {
-            inner: Arc::new(Inner {
-                cfg,
-                key,
-                stats,
-                arena,
-                shutdown,
-                tls,
-                next_target: AtomicUsize::new(0),
-                warn: RateLimit::new(Duration::from_secs(5)),
-            }),
+            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)),
         }
     }
 
@@ -113,10 +127,38 @@ impl Client {
     }
 }
 
+impl Inner {
+    /// The shared state of a client (also used by the visit role to dial a relay).
+    pub(crate) fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
+        shutdown: Shutdown,
+    ) -> Inner {
+        Inner {
+            key: Key::new(&cfg.key_bytes()),
+            stats,
+            arena,
+            udp_arena,
+            shutdown,
+            tls: AtomicU8::new(0),
+            dialer: Dialer::new(&cfg),
+            targets: Targets::new(cfg.targets.clone()),
+            limits: Limits::new(cfg.rate),
+            cfg,
+            warn: RateLimit::new(Duration::from_secs(5)),
+            #[cfg(feature = "udp")]
+            next_udp: AtomicUsize::new(0),
+            #[cfg(feature = "relay")]
+            device: crate::auth::random(),
+        }
+    }
+}
+
 /// Dial the server and bring up the transport the server uses. Returns the connection, its
 /// TLS mode and the certificate fingerprint seen.
 async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
-    let tcp = net::dial(&inner.cfg.tunnel, inner.cfg.tuning.dial_timeout).await?;
+    let tcp = inner.dialer.dial(&inner.cfg.tunnel).await?;
     let mode = inner.tls.load(Relaxed);
     if mode != 0 {
         return Err(Error::Tls(format!(
@@ -127,7 +169,11 @@ async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
 }
 
 /// Dial and authenticate one connection of `kind`, bounded by `HANDSHAKE_TIMEOUT`.
-async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(Conn, LineReader)> {
+pub(crate) async fn open(
+    inner: &Inner,
+    kind: Kind,
+    sid: Option<[u8; SID_LEN]>,
+) -> Result<(Conn, LineReader)> {
     let work = async {
         let (mut conn, tls, fp) = dial_tunnel(inner).await?;
         let mut lines = LineReader::new();
@@ -142,6 +188,11 @@ async fn open(inner: &Inner, kind: Kind, sid: Option<[u8; SID_LEN]>) -> Result<(
 }
 
 async fn session(inner: &Arc<Inner>) -> Result<End> {
+    // With `name=`, the tunnel address is a relay: reserve the name instead of `ctl`.
+    #[cfg(feature = "relay")]
+    if let Some(name) = &inner.cfg.name {
+        return crate::relay::device::session(inner, name).await;
+    }
     let (mut conn, mut lines) = open(inner, Kind::Ctl, None).await?;
     let reply = async { lines.next(&mut conn).await }
         .or(async {
@@ -149,15 +200,39 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
             Err(Error::Timeout("session reply"))
         })
         .await?;
-    let (sid, max) = match reply {
-        Signal::Session { sid, max, .. } => (sid, max as usize),
+    let (sid, max, tcp, udp) = match reply {
+        Signal::Session {
+            sid, max, tcp, udp, ..
+        } => (sid, max as usize, tcp, udp),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected session").into()),
     };
+    Ok(run_pool(inner, conn, lines, sid, max, (tcp, udp), |m| m).await)
+}
+
+/// Keep the warm pool of session `sid` (at most `max`, the server's bound) and run the
+/// control loop with the pool manager, wrapped by `wrap` (the relay device adds refreshes).
+pub(crate) async fn run_pool<H: Handler>(
+    inner: &Arc<Inner>,
+    conn: Conn,
+    lines: LineReader,
+    sid: [u8; SID_LEN],
+    max: usize,
+    (tcp, udp): (bool, bool),
+    wrap: impl FnOnce(PoolManager) -> H,
+) -> End {
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
+    let tcp = tcp && !inner.cfg.notcp;
+    let udp = udp && inner.udp_arena.is_some();
+    let proto = match (tcp, udp) {
+        (true, true) => "TCP and UDP",
+        (true, false) => "TCP",
+        (false, true) => "UDP",
+        (false, false) => "nothing",
+    };
     log::info!(
-        "client: session up with {} (pool {min}..{max})",
+        "client: session up with {} (pool {min}..{max}, forwarding {proto})",
         inner.cfg.tunnel
     );
     let pool = Arc::new(Pool {
@@ -166,6 +241,8 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
         used: AtomicUsize::new(0),
+        tcp,
+        udp,
     });
     let mgr = PoolManager {
         inner: inner.clone(),
@@ -182,15 +259,15 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
         inner.cfg.tuning.report_interval,
         inner.stats.clone(),
     )
-    .run(mgr)
+    .run(wrap(mgr))
     .await;
     pool.end.trigger();
     inner.stats.pool_idle.store(0, Relaxed);
-    Ok(end)
+    end
 }
 
 /// Grows and shrinks the warm pool on the control loop's ticks.
-struct PoolManager {
+pub(crate) struct PoolManager {
     inner: Arc<Inner>,
     pool: Arc<Pool>,
     min: usize,
@@ -283,13 +360,10 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         .stats
         .pool_idle
         .store(pool.idle.fetch_sub(1, Relaxed) - 1, Relaxed);
-    let peer = match first {
+    let (udp, peer) = match first {
         None => return,
-        Some(Ok(Signal::Tcp { id: got, peer })) if got == id => peer,
-        Some(Ok(Signal::Udp { .. })) => {
-            log::warn!("client: UDP flow refused: UDP is not supported by this build");
-            return;
-        }
+        Some(Ok(Signal::Tcp { id: got, peer })) if got == id => (false, peer),
+        Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer),
         Some(Ok(other)) => {
             log::warn!("client: pool connection {id}: unexpected {other:?}, closed");
             return;
@@ -299,15 +373,30 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             return;
         }
     };
+    if (udp && !pool.udp) || (!udp && !pool.tcp) {
+        let what = if udp { "UDP" } else { "TCP" };
+        inner.stats.refused.fetch_add(1, Relaxed);
+        if inner.warn.allow() {
+            log::warn!("client: {what} user {peer} refused: {what} is off on this tunnel");
+        }
+        return;
+    }
     pool.used.fetch_add(1, Relaxed);
-    serve_tcp(&inner, conn, &lines, id, peer).await;
+    #[cfg(feature = "udp")]
+    if udp {
+        crate::udp::serve_client(&inner, conn, lines.leftover(), id, peer).await;
+        return;
+    }
+    log::debug!("client: user {peer} on pool connection {id}");
+    serve_tcp(&inner, conn, lines.leftover(), peer).await;
 }
 
-async fn serve_tcp(
+/// Carry one user connection to a target: `early` are user bytes that arrived with the
+/// signal, `peer` the user's address (for logs and the PROXY header).
+pub(crate) async fn serve_tcp(
     inner: &Inner,
     mut conn: Conn,
-    lines: &LineReader,
-    id: u32,
+    early: &[u8],
     peer: std::net::SocketAddr,
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
@@ -328,7 +417,10 @@ async fn serve_tcp(
             return;
         }
     };
-    let early = lines.leftover();
+    if let Err(e) = send_proxy_header(inner.cfg.proxy, &mut target, peer).await {
+        log::debug!("client: user {peer}: PROXY header not sent: {e}");
+        return;
+    }
     if !early.is_empty() {
         if let Err(e) = target.write_all(early).await {
             log::debug!("client: user {peer}: target write failed: {e}");
@@ -336,14 +428,14 @@ async fn serve_tcp(
         }
         inner.stats.tcp_rx.add(early.len() as u64);
     }
-    log::debug!("client: user {peer} on pool connection {id}");
     let st = &inner.stats;
-    match copy::bidi(
+    match copy::bidi_limited(
         &mut conn,
         &mut target,
         (b1, b2),
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
+        inner.limits.as_ref(),
     )
     .await
     {
@@ -354,18 +446,24 @@ async fn serve_tcp(
 
 /// Dial the targets round robin, skipping any that fail (failover).
 async fn dial_target(inner: &Inner) -> Result<Conn> {
-    let targets: &[HostPort] = &inner.cfg.targets;
-    let start = inner.next_target.fetch_add(1, Relaxed);
-    let mut last = Error::Timeout("no target");
-    for i in 0..targets.len() {
-        let t = &targets[(start + i) % targets.len()];
-        match net::dial(t, inner.cfg.tuning.dial_timeout).await {
-            Ok(s) => return Ok(Conn::Plain(s)),
-            Err(e) => {
-                log::debug!("client: target {t} failed: {e}");
-                last = e;
-            }
-        }
+    let (s, _) = inner.targets.dial(&inner.dialer).await?;
+    Ok(Conn::Plain(s))
+}
+
+/// `proxy=1|2`: the PROXY header for `user`, sent before any user byte. The destination is
+/// the address the target connection points at (the client does not know which address the
+/// user dialed on the server).
+pub(crate) async fn send_proxy_header(
+    mode: u8,
+    target: &mut Conn,
+    user: std::net::SocketAddr,
+) -> Result<()> {
+    if mode == 0 {
+        return Ok(());
     }
-    Err(last)
+    let dst = target.peer_addr()?;
+    if let Some(h) = proxy::Header::new(mode, user, dst) {
+        target.write_all(h.bytes()).await?;
+    }
+    Ok(())
 }

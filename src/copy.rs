@@ -5,6 +5,8 @@
 //! cannot be shared between two tasks without a lock). End of input on one side becomes a
 //! write half-close (`poll_close`: FIN, after close_notify for TLS) on the other, and the copy
 //! ends when both directions have ended, on the first error, or after `idle` with no bytes.
+//! With `rate=` each read is charged to the direction's shared token bucket; when the bucket
+//! is in debt the direction keeps a timer and reads again only when it fires.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +18,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 use smol::Timer;
 
 use crate::arena::Lease;
+use crate::rate::{Limits, Shared};
 use crate::stats::Counter;
 
 /// Reads per direction in one wake-up before yielding, so one busy connection cannot starve
@@ -31,10 +34,13 @@ struct Dir<'c> {
     unflushed: bool,
     bytes: u64,
     counter: &'c Counter,
+    bucket: Option<&'c Shared>,
+    /// Set while the rate limit holds the next read back.
+    wait: Option<Timer>,
 }
 
 impl<'c> Dir<'c> {
-    fn new(buf: Lease, counter: &'c Counter) -> Self {
+    fn new(buf: Lease, counter: &'c Counter, bucket: Option<&'c Shared>) -> Self {
         Dir {
             buf,
             pos: 0,
@@ -44,6 +50,8 @@ impl<'c> Dir<'c> {
             unflushed: false,
             bytes: 0,
             counter,
+            bucket,
+            wait: None,
         }
     }
 
@@ -81,11 +89,24 @@ impl<'c> Dir<'c> {
             }
             self.pos = 0;
             self.cap = 0;
+            if let Some(t) = &mut self.wait {
+                if Pin::new(t).poll(cx).is_pending() {
+                    if self.unflushed {
+                        ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+                self.wait = None;
+            }
             match Pin::new(&mut *r).poll_read(cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => self.eof = true,
                 Poll::Ready(Ok(n)) => {
                     self.cap = n;
                     *moved = true;
+                    if let Some(wait) = self.bucket.and_then(|b| b.take(n)) {
+                        self.wait = Some(Timer::after(wait));
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -150,11 +171,28 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    bidi_limited(a, b, bufs, counters, idle, None).await
+}
+
+/// [`bidi`] with `rate=` limits: `a` → `b` is charged to `limits.up` (user → target: `a` must
+/// be the user's side), `b` → `a` to `limits.down`.
+pub async fn bidi_limited<A, B>(
+    a: &mut A,
+    b: &mut B,
+    bufs: (Lease, Lease),
+    counters: (&Counter, &Counter),
+    idle: Option<Duration>,
+    limits: Option<&Limits>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     Bidi {
         a,
         b,
-        ab: Dir::new(bufs.0, counters.0),
-        ba: Dir::new(bufs.1, counters.1),
+        ab: Dir::new(bufs.0, counters.0, limits.map(|l| &l.up)),
+        ba: Dir::new(bufs.1, counters.1, limits.map(|l| &l.down)),
         idle: idle.map(|d| (d, Timer::after(d))),
     }
     .await

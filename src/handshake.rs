@@ -20,7 +20,8 @@ pub struct Hello {
 }
 
 /// Server side: read `hello`, send `challenge`, read and check `auth`. On a wrong proof the
-/// client is told `err 202` and the error is returned for the log.
+/// client is told `err 202` and the error is returned for the log. Only the tunnel's kinds
+/// (`ctl`, `pool`) are accepted; a relay kind is told `err 401`.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     lines: &mut LineReader,
@@ -28,9 +29,27 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     tls: u8,
     fp: Option<[u8; MAC_LEN]>,
 ) -> Result<Hello> {
+    let pick = |kind| matches!(kind, Kind::Ctl | Kind::Pool).then_some(key);
+    accept_keyed(s, lines, &pick, tls, fp).await
+}
+
+/// [`accept`] with the key chosen by the connection's kind (the relay proves the device key
+/// to devices and the visit key to visitors). `pick` returning `None` refuses the kind with
+/// `err 401` before any proof is made.
+pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    lines: &mut LineReader,
+    pick: &(dyn Fn(Kind) -> Option<&'k Key> + Sync),
+    tls: u8,
+    fp: Option<[u8; MAC_LEN]>,
+) -> Result<Hello> {
     let (kind, cnonce) = match lines.next(s).await? {
         Signal::Hello { kind, cnonce } => (kind, cnonce),
         _ => return Err(ProtoError::Unexpected("expected hello").into()),
+    };
+    let Some(key) = pick(kind) else {
+        refuse(s, 401, "connection kind not served here").await;
+        return Err(ProtoError::Unexpected("connection kind not served here").into());
     };
     let snonce = auth::random::<NONCE_LEN>();
     let t = Transcript {
@@ -54,8 +73,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Signal::Auth { proof, sid } => (proof, sid),
         _ => return Err(ProtoError::Unexpected("expected auth").into()),
     };
-    // A control connection names no session; a pool connection must.
-    let sid_ok = (kind == Kind::Ctl) == sid.is_none();
+    // Only a pool connection names a session.
+    let sid_ok = (kind == Kind::Pool) == sid.is_some();
     if !sid_ok || !t.verify_client(key, sid, &proof) {
         refuse(s, 202, "permission denied").await;
         return Err(ProtoError::BadProof.into());

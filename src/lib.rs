@@ -22,20 +22,34 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod copy;
+pub mod dialer;
 pub mod duration;
 pub mod error;
+pub mod forward;
 pub mod frame;
 pub mod handshake;
 pub mod lines;
 pub mod net;
+pub mod proxy;
+pub mod rate;
+#[cfg(feature = "relay")]
+pub mod relay;
+pub mod resolve;
 pub mod server;
 pub mod shutdown;
 pub mod signal;
 pub mod stats;
 pub mod stream;
+pub mod targets;
+#[cfg(feature = "udp")]
+pub mod udp;
 pub mod util;
+#[cfg(feature = "relay")]
+pub mod visit;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+
+use smol::Async;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,10 +58,15 @@ use smol::Timer;
 use crate::arena::Arena;
 use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::forward::Forward;
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
+
+/// Buffers in the UDP arena at most (two per concurrent flow): 512 x 64 KiB = 32 MiB of
+/// address space, committed only while flows use it.
+const MAX_UDP_FLOW_BUFFERS: usize = 512;
 
 /// How often a draining shutdown looks at the number of open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -55,6 +74,11 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 enum Role_ {
     Server(Server),
     Client(Client),
+    Forward(Forward),
+    #[cfg(feature = "relay")]
+    Relay(relay::Relay),
+    #[cfg(feature = "relay")]
+    Visit(visit::Visit),
 }
 
 /// A role with its listeners bound, ready to [`run`](Node::run).
@@ -66,16 +90,33 @@ pub struct Node {
     shutdown_timeout: Duration,
     stats: Arc<Stats>,
     arena: Arc<Arena>,
+    udp_arena: Option<Arc<Arena>>,
     shutdown: Shutdown,
     tunnel: Option<SocketAddr>,
     public: Option<SocketAddr>,
+    #[cfg(feature = "relay")]
+    relay_stats: Option<Arc<relay::RelayStats>>,
 }
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
+    if cfg.key.is_none() {
+        log::warn!("no key in the URL: the key is the tunnel port number, which anyone can guess");
+    }
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::new(cfg.slot.saturating_mul(2), cfg.tuning.tcp_buf)?;
+    // Two per UDP flow as well (datagrams towards the tunnel, frames from it), each large
+    // enough for the largest datagram; like the TCP arena, pages are committed only when used.
+    let udp_arena = if udp_enabled(&cfg) {
+        // Two buffers per flow, for at most MAX_UDP_FLOW_BUFFERS / 2 flows at once: 64 KiB
+        // datagrams make a slot-sized UDP arena needlessly large on a router.
+        let count = cfg.slot.saturating_mul(2).min(MAX_UDP_FLOW_BUFFERS);
+        Some(Arena::new(count, udp_buf_len(&cfg))?)
+    } else {
+        None
+    };
+    let bufs = (arena.clone(), udp_arena.clone());
     let (log, report, drain) = (
         cfg.log,
         cfg.tuning.report_interval,
@@ -83,15 +124,44 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     );
     let (role, tunnel, public, mode) = match cfg.role {
         Role::Server => {
-            let s = Server::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let s = Server::bind(cfg, stats.clone(), bufs, shutdown.clone()).await?;
             let (t, p) = (s.tunnel_addr()?, s.public_addr()?);
             (Role_::Server(s), Some(t), Some(p), 1)
         }
-        Role::Client => {
-            let c = Client::new(cfg, stats.clone(), arena.clone(), shutdown.clone());
-            (Role_::Client(c), None, None, 2)
+        Role::Client => match single_end(&cfg).await? {
+            Some(listener) => {
+                let f =
+                    Forward::with_listener(listener, cfg, stats.clone(), bufs, shutdown.clone())
+                        .await?;
+                let p = f.local_addr()?;
+                (Role_::Forward(f), None, Some(p), 1)
+            }
+            None => {
+                let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
+                (Role_::Client(c), None, None, 2)
+            }
+        },
+        #[cfg(feature = "relay")]
+        Role::Relay => {
+            let r = relay::Relay::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let t = r.local_addr()?;
+            (Role_::Relay(r), Some(t), None, 1)
         }
-        Role::Relay | Role::Visit => return Err(Error::Unsupported("the relay and visit roles")),
+        #[cfg(feature = "relay")]
+        Role::Visit => {
+            let v = visit::Visit::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
+            let p = v.local_addr()?;
+            (Role_::Visit(v), None, Some(p), 2)
+        }
+        #[cfg(not(feature = "relay"))]
+        Role::Relay | Role::Visit => {
+            return Err(error::Error::Unsupported("the relay and visit roles"))
+        }
+    };
+    #[cfg(feature = "relay")]
+    let relay_stats = match &role {
+        Role_::Relay(r) => Some(r.relay_stats()),
+        _ => None,
     };
     Ok(Node {
         role,
@@ -101,13 +171,60 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         shutdown_timeout: drain,
         stats,
         arena,
+        udp_arena,
         shutdown,
         tunnel,
         public,
+        #[cfg(feature = "relay")]
+        relay_stats,
     })
 }
 
+/// Whether this role forwards UDP: built with the `udp` feature and not `noudp=1`.
+pub(crate) fn udp_enabled(cfg: &Config) -> bool {
+    cfg!(feature = "udp") && !cfg.noudp
+}
+
+#[cfg(feature = "udp")]
+fn udp_buf_len(cfg: &Config) -> usize {
+    udp::buf_len(cfg.tuning.udp_buf)
+}
+
+#[cfg(not(feature = "udp"))]
+fn udp_buf_len(cfg: &Config) -> usize {
+    cfg.tuning.udp_buf
+}
+
+/// A client's mode: `mode=1` forwards locally (the listener is bound here, so a taken port
+/// fails at start), `mode=2` is a tunnel client, and `mode=0` (NodePass's auto) forwards
+/// locally exactly when the tunnel address can be bound on this machine. A client of a relay
+/// (`name=`) is always a tunnel client.
+async fn single_end(cfg: &Config) -> Result<Option<Async<TcpListener>>> {
+    match cfg.mode {
+        1 => Ok(Some(
+            net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?,
+        )),
+        0 if cfg.name.is_none() => {
+            let l = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await.ok();
+            if l.is_some() {
+                log::info!(
+                    "mode=0: {} is a local address, forwarding without a server",
+                    cfg.tunnel
+                );
+            }
+            Ok(l)
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Node {
+    /// The relay's own counters (reservations, connections, refusals by code); relay only.
+    #[cfg(feature = "relay")]
+    pub fn relay_stats(&self) -> Option<Arc<relay::RelayStats>> {
+        self.relay_stats.clone()
+    }
+
     /// The tunnel port (server, relay).
     pub fn tunnel_addr(&self) -> Option<SocketAddr> {
         self.tunnel
@@ -123,19 +240,41 @@ impl Node {
         self.stats.clone()
     }
 
+    /// The buffers of TCP connections (two per connection).
+    pub fn arena(&self) -> Arc<Arena> {
+        self.arena.clone()
+    }
+
+    /// The buffers of UDP flows (two per flow); `None` when UDP is off.
+    pub fn udp_arena(&self) -> Option<Arc<Arena>> {
+        self.udp_arena.clone()
+    }
+
     /// Run until the shutdown handle fires, then let open connections finish for up to
     /// `SHUTDOWN_TIMEOUT`.
     pub async fn run(self) -> Result<()> {
-        let reporter = smol::spawn(report(
-            self.stats.clone(),
-            self.arena.clone(),
-            self.report,
-            self.cfg_log,
-            self.mode,
-        ));
+        // The relay reports its own figures every `stats` interval.
+        #[cfg(feature = "relay")]
+        let own_report = matches!(self.role, Role_::Relay(_));
+        #[cfg(not(feature = "relay"))]
+        let own_report = false;
+        let reporter = (!own_report).then(|| {
+            smol::spawn(report(
+                self.stats.clone(),
+                (self.arena.clone(), self.udp_arena.clone()),
+                self.report,
+                self.cfg_log,
+                self.mode,
+            ))
+        });
         let res = match self.role {
             Role_::Server(s) => s.run().await,
             Role_::Client(c) => c.run().await,
+            Role_::Forward(f) => f.run().await,
+            #[cfg(feature = "relay")]
+            Role_::Relay(r) => r.run().await,
+            #[cfg(feature = "relay")]
+            Role_::Visit(v) => v.run().await,
         };
         self.shutdown.trigger();
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -149,18 +288,29 @@ impl Node {
                 self.shutdown_timeout
             );
         }
-        reporter.cancel().await;
+        if let Some(r) = reporter {
+            r.cancel().await;
+        }
         res
     }
 }
 
 /// Every `REPORT_INTERVAL`: the stats line, the CHECK_POINT event line, and giving idle
 /// buffer pages back to the kernel.
-async fn report(stats: Arc<Stats>, arena: Arc<Arena>, every: Duration, log: LogLevel, mode: u8) {
+async fn report(
+    stats: Arc<Stats>,
+    (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
+    every: Duration,
+    log: LogLevel,
+    mode: u8,
+) {
     loop {
         Timer::after(every).await;
         if stats.active() == 0 {
             arena.release_idle();
+            if let Some(a) = &udp_arena {
+                a.release_idle();
+            }
         }
         match log {
             LogLevel::Event => println!("{}", stats.checkpoint(mode)),

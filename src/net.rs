@@ -1,7 +1,7 @@
 //! Resolving, dialing and listening, each bounded in time.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 use smol::future::FutureExt;
@@ -65,6 +65,31 @@ pub async fn dial(hp: &HostPort, timeout: Duration) -> Result<Async<TcpStream>> 
         }
     }
     Err(last)
+}
+
+/// Resolve `hp` and connect a UDP socket to it, bound to the unspecified address of the
+/// target's family (the first address that works).
+pub async fn dial_udp(hp: &HostPort, timeout: Duration) -> Result<Async<UdpSocket>> {
+    let addrs = resolve(hp, timeout).await?;
+    let mut last = None;
+    for addr in addrs {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = Async::<UdpSocket>::bind(local).and_then(|s| {
+            s.get_ref().connect(addr)?;
+            Ok(s)
+        });
+        match sock {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Io(last.unwrap_or_else(|| {
+        io::Error::other("no address to connect to")
+    })))
 }
 
 /// Bind a listener on `hp` (the first address that binds).

@@ -4,6 +4,8 @@
 //! pool connections and hands one to each user connection, with the `tcp` line written in
 //! front of the user's bytes (docs/PROTOCOL.md).
 
+#[cfg(feature = "udp")]
+use std::net::UdpSocket;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,7 @@ use crate::error::{Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
 use crate::lines::{send, LineReader};
 use crate::net;
+use crate::rate::Limits;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
@@ -79,6 +82,8 @@ pub(crate) struct Inner {
     session: Mutex<Option<Arc<Session>>>,
     pending: AtomicUsize,
     refusals: RateLimit,
+    /// `rate=`: the process's token buckets.
+    limits: Option<Limits>,
 }
 
 impl Inner {
@@ -95,14 +100,18 @@ pub struct Server {
     inner: Arc<Inner>,
     tunnel: Async<TcpListener>,
     users: Async<TcpListener>,
+    /// The UDP socket on the public address, and the arena its flows lease buffers from.
+    #[cfg(feature = "udp")]
+    udp: Option<(Arc<Async<UdpSocket>>, Arc<Arena>)>,
 }
 
 impl Server {
-    /// Bind the tunnel and public listeners.
+    /// Bind the tunnel and public listeners, and with `udp_arena` (UDP on) a UDP socket on
+    /// the public address too.
     pub async fn bind(
         cfg: Config,
         stats: Arc<Stats>,
-        arena: Arc<Arena>,
+        (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
     ) -> Result<Server> {
         let t = cfg.tuning.dial_timeout;
@@ -112,8 +121,19 @@ impl Server {
             .first()
             .ok_or(Error::Proto(ProtoError::Unexpected("no public address")))?;
         let users = net::listen(target, t).await?;
+        #[cfg(feature = "udp")]
+        let (users, udp) = match udp_arena {
+            Some(a) => {
+                let (users, sock) = crate::udp::bind_beside(users, target, t).await?;
+                (users, Some((Arc::new(sock), a)))
+            }
+            None => (users, None),
+        };
+        #[cfg(not(feature = "udp"))]
+        drop(udp_arena);
         let key = Key::new(&cfg.key_bytes());
         let inner = Arc::new(Inner {
+            limits: Limits::new(cfg.rate),
             cfg,
             key,
             stats,
@@ -127,6 +147,8 @@ impl Server {
             inner,
             tunnel,
             users,
+            #[cfg(feature = "udp")]
+            udp,
         })
     }
 
@@ -146,17 +168,31 @@ impl Server {
             inner,
             tunnel,
             users,
+            #[cfg(feature = "udp")]
+            udp,
         } = self;
+        let proto = match (inner.cfg.notcp, crate::udp_enabled(&inner.cfg)) {
+            (false, true) => "TCP and UDP",
+            (false, false) => "TCP",
+            (true, true) => "UDP",
+            (true, false) => "nothing (notcp=1, and UDP off)",
+        };
         log::info!(
-            "server: tunnel on {}, users on {}",
+            "server: tunnel on {}, users on {} ({proto})",
             tunnel.get_ref().local_addr()?,
             users.get_ref().local_addr()?
         );
         let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
         let u = smol::spawn(accept_users(inner.clone(), users));
+        #[cfg(feature = "udp")]
+        let d = udp.map(|(sock, arena)| smol::spawn(crate::udp::serve(inner.clone(), sock, arena)));
         inner.shutdown.wait().await;
         t.cancel().await;
         u.cancel().await;
+        #[cfg(feature = "udp")]
+        if let Some(d) = d {
+            d.cancel().await;
+        }
         if let Some(s) = inner.current() {
             s.close();
         }
@@ -214,6 +250,12 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     drop(pending);
     let (mut conn, hello) = match res {
         Ok(x) => x,
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // Port probes and health checks connect and leave without a byte: not worth a warning.
+            inner.stats.bad_peers.fetch_add(1, Relaxed);
+            log::debug!("tunnel: {peer} closed before authenticating");
+            return;
+        }
         Err(e) => {
             inner.stats.bad_peers.fetch_add(1, Relaxed);
             log::warn!("tunnel: {peer} refused: {e}");
@@ -222,6 +264,8 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     };
     match hello.kind {
         Kind::Ctl => control_conn(inner, conn, lines, peer).await,
+        // Relay kinds are refused by handshake::accept.
+        Kind::Reserve | Kind::Connect => {}
         Kind::Pool => {
             let Some(sess) = inner.current().filter(|s| Some(s.sid) == hello.sid) else {
                 refuse(&mut conn, 204, "no such session").await;
@@ -250,7 +294,7 @@ async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer
         forward: false,
         max: inner.cfg.max as u32,
         tcp: !inner.cfg.notcp,
-        udp: !inner.cfg.noudp,
+        udp: crate::udp_enabled(&inner.cfg),
     };
     if let Err(e) = send(&mut conn, &sig).await {
         log::warn!("tunnel: {peer}: {e}");
@@ -364,7 +408,7 @@ async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
 }
 
 /// Take a live idle pool connection, waiting up to `POOL_GET_TIMEOUT` (also for a session).
-async fn take_pool(inner: &Inner) -> Option<PoolConn> {
+pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
     let deadline = Instant::now() + inner.cfg.tuning.pool_get_timeout;
     loop {
         let Some(sess) = inner.current() else {
@@ -402,7 +446,12 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
         }
         return;
     };
-    let Some(mut pc) = take_pool(&inner).await else {
+    // No pool connection comes after a stop: give up at once rather than hold the drain.
+    let stopping = async {
+        inner.shutdown.wait().await;
+        None
+    };
+    let Some(mut pc) = take_pool(&inner).or(stopping).await else {
         inner.stats.refused.fetch_add(1, Relaxed);
         if inner.refusals.allow() {
             log::warn!("user {peer} refused: no pool connection from the client in {wait:?}");
@@ -416,12 +465,13 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     log::debug!("user {peer} on pool connection {}", pc.id);
     let mut user = Conn::Plain(s);
     let st = &inner.stats;
-    match copy::bidi(
+    match copy::bidi_limited(
         &mut user,
         &mut pc.conn,
         (b1, b2),
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
+        inner.limits.as_ref(),
     )
     .await
     {

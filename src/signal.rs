@@ -22,8 +22,12 @@ pub const SID_LEN: usize = 16;
 pub enum Kind {
     /// The control connection of a session.
     Ctl,
-    /// A pool (data) connection of a session.
+    /// A pool (data) connection of a session (or of a relay reservation).
     Pool,
+    /// A device's control connection to a relay; `reserve <name> <device>` follows `auth`.
+    Reserve,
+    /// A visitor's connection to a relay; `connect <name>` follows `auth`.
+    Connect,
 }
 
 /// One parsed signal line. Byte fields borrow from the parsed buffer.
@@ -106,6 +110,36 @@ pub enum Signal<'a> {
     Flush,
     /// Close up to n idle pool connections (pool shrink): `trim <n>`.
     Trim(u32),
+    /// Device asks a relay for a named reservation: `reserve <name> <device>`.
+    Reserve {
+        /// The reservation name (1 to [`MAX_NAME`] bytes of `A-Z a-z 0-9 . _ -`).
+        name: &'a str,
+        /// The device's random id for this process: the same device may take its name over.
+        device: [u8; NONCE_LEN],
+    },
+    /// Relay grants a reservation (status 100): `reserved <sid> <ttl> <max>`.
+    Reserved {
+        /// The id pool connections of this reservation name in `auth`.
+        sid: [u8; SID_LEN],
+        /// Seconds until the reservation expires unless refreshed.
+        ttl: u32,
+        /// Largest pool the relay keeps for this reservation.
+        max: u32,
+    },
+    /// Device refreshes its reservation on the control connection: `refresh`.
+    Refresh,
+    /// Visitor asks for a circuit to a reservation: `connect <name>`.
+    Connect {
+        /// The reservation name.
+        name: &'a str,
+    },
+    /// Relay opened the circuit (status 100): `circuit <secs> <bytes>`; data follows.
+    Circuit {
+        /// Longest life of the circuit in seconds; 0 is unlimited.
+        secs: u32,
+        /// Bytes allowed in each direction; 0 is unlimited.
+        bytes: u64,
+    },
 }
 
 /// Why bytes are not a signal.
@@ -136,6 +170,8 @@ pub type Line = heapless::Vec<u8, MAX_LINE>;
 
 /// Longest `err` text in bytes: keeps every `err` line well under [`MAX_LINE`].
 pub const MAX_ERR_TEXT: usize = 200;
+/// Longest reservation name: one DNS label (the same bound as `name=` in the URL).
+pub const MAX_NAME: usize = 63;
 /// Status codes are three digits, `1xx` to `5xx` (after libp2p circuit relay v2).
 const ERR_CODES: std::ops::RangeInclusive<u16> = 100..=599;
 /// Longest canonical socket address: `[` 39-char IPv6 `%` 10-digit scope `]:` 5-digit port.
@@ -180,8 +216,9 @@ impl<'a> Signal<'a> {
     /// Values the grammar cannot carry are brought into range so the line always parses:
     /// `err` text is sanitized (bytes outside `0x20..=0x7e` become `?`, cut to
     /// [`MAX_ERR_TEXT`], an empty text becomes `?`), an `err` code is clamped to `100..=599`,
-    /// a `challenge` mode to `0..=2`, a `tls` mode to `1..=2`, and a `session` with neither
-    /// TCP nor UDP is sent as `tu`.
+    /// a `challenge` mode to `0..=2`, a `tls` mode to `1..=2`, a `session` with neither
+    /// TCP nor UDP is sent as `tu`, and a reservation name is sanitized (bytes outside
+    /// `A-Z a-z 0-9 . _ -` become `_`, cut to [`MAX_NAME`], an empty name becomes `_`).
     ///
     /// # Examples
     /// ```
@@ -276,6 +313,25 @@ impl<'a> Signal<'a> {
             Signal::Trim(n) => {
                 let _ = write!(line, "trim {n}");
             }
+            Signal::Reserve { name, device } => {
+                put(&mut line, b"reserve ");
+                push_name(&mut line, name);
+                put(&mut line, b" ");
+                push_hex(&mut line, &device);
+            }
+            Signal::Reserved { sid, ttl, max } => {
+                put(&mut line, b"reserved ");
+                push_hex(&mut line, &sid);
+                let _ = write!(line, " {ttl} {max}");
+            }
+            Signal::Refresh => put(&mut line, b"refresh"),
+            Signal::Connect { name } => {
+                put(&mut line, b"connect ");
+                push_name(&mut line, name);
+            }
+            Signal::Circuit { secs, bytes } => {
+                let _ = write!(line, "circuit {secs} {bytes}");
+            }
         }
         put(&mut line, b"\n");
         line
@@ -288,6 +344,8 @@ impl Kind {
         match self {
             Kind::Ctl => b"ctl",
             Kind::Pool => b"pool",
+            Kind::Reserve => b"reserve",
+            Kind::Connect => b"connect",
         }
     }
 }
@@ -312,6 +370,8 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
             let kind = match t.next()? {
                 b"ctl" => Kind::Ctl,
                 b"pool" => Kind::Pool,
+                b"reserve" => Kind::Reserve,
+                b"connect" => Kind::Connect,
                 _ => return Err(bad("bad kind")),
             };
             let cnonce = hex(t.next()?)?;
@@ -392,6 +452,23 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
         b"pong" => Signal::Pong(parse_u32(t.next()?)?),
         b"flush" => Signal::Flush,
         b"trim" => Signal::Trim(parse_u32(t.next()?)?),
+        b"reserve" => Signal::Reserve {
+            name: parse_name(t.next()?)?,
+            device: hex(t.next()?)?,
+        },
+        b"reserved" => Signal::Reserved {
+            sid: hex(t.next()?)?,
+            ttl: parse_u32(t.next()?)?,
+            max: parse_u32(t.next()?)?,
+        },
+        b"refresh" => Signal::Refresh,
+        b"connect" => Signal::Connect {
+            name: parse_name(t.next()?)?,
+        },
+        b"circuit" => Signal::Circuit {
+            secs: parse_u32(t.next()?)?,
+            bytes: parse_u64(t.next()?)?,
+        },
         _ => return Err(bad("unknown signal")),
     };
     t.end()?;
@@ -450,6 +527,49 @@ fn parse_u32(token: &[u8]) -> Result<u32, SignalError> {
             n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
         })
         .ok_or(bad("number overflow"))
+}
+
+/// A decimal u64, with the same rules as [`parse_u32`].
+fn parse_u64(token: &[u8]) -> Result<u64, SignalError> {
+    if token.len() > 1 && token.first() == Some(&b'0') {
+        return Err(bad("leading zero"));
+    }
+    if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
+        return Err(bad("bad number"));
+    }
+    token
+        .iter()
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or(bad("number overflow"))
+}
+
+/// Whether `b` may appear in a reservation name.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
+
+/// A reservation name: 1 to [`MAX_NAME`] bytes of `A-Z a-z 0-9 . _ -`.
+fn parse_name(token: &[u8]) -> Result<&str, SignalError> {
+    if token.len() > MAX_NAME {
+        return Err(bad("name too long"));
+    }
+    if !token.iter().all(|&b| is_name_byte(b)) {
+        return Err(bad("bad name"));
+    }
+    std::str::from_utf8(token).map_err(|_| bad("bad name"))
+}
+
+/// Appends a name, brought into the grammar: other bytes become `_`, cut to [`MAX_NAME`],
+/// empty becomes `_`.
+fn push_name(line: &mut Line, name: &str) {
+    if name.is_empty() {
+        put(line, b"_");
+    }
+    for &b in name.as_bytes().iter().take(MAX_NAME) {
+        let _ = line.push(if is_name_byte(b) { b } else { b'_' });
+    }
 }
 
 /// A three-digit status code in `100..=599`.

@@ -50,6 +50,9 @@ pub struct Stats {
     pub udp_rx: Counter,
     /// UDP bytes from targets back to users.
     pub udp_tx: Counter,
+    /// Datagrams dropped: larger than `UDP_DATA_BUF_SIZE`, no slot or buffer for a new flow,
+    /// a flow's queue full while its pool connection is set up, or a send that failed.
+    pub udp_dropped: AtomicUsize,
     /// Connections refused (slot full, no pool, no buffer).
     pub refused: AtomicUsize,
     /// Tunnel-port connections that failed authentication or broke the protocol.
@@ -71,7 +74,7 @@ impl Stats {
     /// The human stats line logged every `REPORT_INTERVAL`.
     pub fn line(&self) -> String {
         format!(
-            "stats: pool {}/{} idle, tcp {} open ({} B in, {} B out), udp {} open ({} B in, {} B out), refused {}, bad peers {}, ping {:.1} ms",
+            "stats: pool {}/{} idle, tcp {} open ({} B in, {} B out), udp {} open ({} B in, {} B out, {} dropped), refused {}, bad peers {}, ping {:.1} ms",
             self.pool_idle.load(Relaxed),
             self.pool_size.load(Relaxed),
             self.tcp_active.load(Relaxed),
@@ -80,6 +83,7 @@ impl Stats {
             self.udp_active.load(Relaxed),
             self.udp_rx.get(),
             self.udp_tx.get(),
+            self.udp_dropped.load(Relaxed),
             self.refused.load(Relaxed),
             self.bad_peers.load(Relaxed),
             self.ping_us.load(Relaxed) as f64 / 1000.0,

@@ -97,6 +97,40 @@ fn samples() -> Vec<Signal<'static>> {
         Signal::Pong(12345),
         Signal::Flush,
         Signal::Trim(3),
+        Signal::Hello {
+            kind: Kind::Reserve,
+            cnonce: n16,
+        },
+        Signal::Hello {
+            kind: Kind::Connect,
+            cnonce: n16,
+        },
+        Signal::Reserve {
+            name: "cam-7",
+            device: n16,
+        },
+        Signal::Reserve {
+            name: "A.b_c-012345678901234567890123456789012345678901234567890123456",
+            device: [0; 16],
+        },
+        Signal::Reserved {
+            sid: n16,
+            ttl: 3600,
+            max: 16,
+        },
+        Signal::Reserved {
+            sid: [0; 16],
+            ttl: 0,
+            max: u32::MAX,
+        },
+        Signal::Refresh,
+        Signal::Connect { name: "cam-7" },
+        Signal::Connect { name: "x" },
+        Signal::Circuit { secs: 0, bytes: 0 },
+        Signal::Circuit {
+            secs: u32::MAX,
+            bytes: u64::MAX,
+        },
     ]
 }
 
@@ -130,6 +164,37 @@ fn encodes_exact_lines() {
                 peer: "[::1]:80".parse().unwrap(),
             },
             "tcp 3 [::1]:80\n",
+        ),
+        (
+            Signal::Hello {
+                kind: Kind::Reserve,
+                cnonce: [0x0f; 16],
+            },
+            "hello reserve 0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f\n",
+        ),
+        (
+            Signal::Reserve {
+                name: "cam-7",
+                device: [0xa0; 16],
+            },
+            "reserve cam-7 a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0\n",
+        ),
+        (
+            Signal::Reserved {
+                sid: [1; 16],
+                ttl: 3600,
+                max: 16,
+            },
+            "reserved 01010101010101010101010101010101 3600 16\n",
+        ),
+        (Signal::Refresh, "refresh\n"),
+        (Signal::Connect { name: "cam-7" }, "connect cam-7\n"),
+        (
+            Signal::Circuit {
+                secs: 120,
+                bytes: 131072,
+            },
+            "circuit 120 131072\n",
         ),
     ];
     assert!(!cases.is_empty());
@@ -221,6 +286,22 @@ fn malformed_lines() {
         ("tcp 1 [::1]:080".into(), "non-canonical address"),
         ("udp 1 [::FFFF:1.2.3.4]:80".into(), "non-canonical address"),
         ("udp 1 1.2.3.4:5 x".into(), "extra token"),
+        (format!("reserve cam/7 {h32}"), "bad name"),
+        (format!("reserve {} {h32}", "a".repeat(64)), "name too long"),
+        ("reserve cam-7".into(), "missing token"),
+        ("reserve cam-7 xyz".into(), "bad hex"),
+        (format!("reserve cam-7 {h32} x"), "extra token"),
+        (format!("reserved {h32} 1"), "missing token"),
+        (format!("reserved {h32} 01 1"), "leading zero"),
+        ("refresh now".into(), "extra token"),
+        ("connect".into(), "missing token"),
+        ("connect cam 7".into(), "extra token"),
+        ("connect caf\u{e9}".into(), "bad name"),
+        ("circuit 1".into(), "missing token"),
+        ("circuit 1 18446744073709551616".into(), "number overflow"),
+        ("circuit 4294967296 1".into(), "number overflow"),
+        ("circuit 1 01".into(), "leading zero"),
+        ("circuit 1 -1".into(), "bad number"),
     ];
     assert!(!cases.is_empty());
     for (text, why) in &cases {
@@ -327,6 +408,21 @@ fn out_of_range_fields_still_parse() {
                 tls: 2,
                 fp: None,
                 proof: [2; 32],
+            },
+        ),
+        (Signal::Connect { name: "" }, Signal::Connect { name: "_" }),
+        (
+            Signal::Connect { name: "cam 7/é" },
+            Signal::Connect { name: "cam_7___" },
+        ),
+        (
+            Signal::Reserve {
+                name: &"n".repeat(100),
+                device: [1; 16],
+            },
+            Signal::Reserve {
+                name: &"n".repeat(63),
+                device: [1; 16],
             },
         ),
         (

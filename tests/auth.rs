@@ -1,0 +1,257 @@
+//! Authentication on the tunnel port: wrong keys, garbage, silence and forged pool connections
+//! are refused, and the running tunnel keeps carrying traffic through all of it.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgepass::auth::{self, Key};
+use edgepass::lines::{send, LineReader};
+use edgepass::signal::{Kind, Signal, SID_LEN};
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::Async;
+
+/// How long a refused connection may take to be closed (the handshake timeout is 500 ms).
+const CLOSE_BOUND: Duration = Duration::from_secs(3);
+
+/// A server with a 500 ms handshake timeout and a client with the default 3 s reconnect delay:
+/// if anything knocked the good session over, the next round trip would not find a pool.
+async fn guarded_tunnel(key: &str) -> (Tunnel, smol::Task<()>) {
+    let (target, echo) = echo_server();
+    let server = start_env(&format!("server://{key}@127.0.0.1:0/127.0.0.1:0"), FAST).await;
+    let tunnel = server.tunnel.expect("tunnel addr");
+    let client = start(&format!("client://{key}@{tunnel}/{target}")).await;
+    let stats = server.stats.clone();
+    wait_until("a warm pool", || idle(&stats) > 0).await;
+    let public = server.public.expect("public addr");
+    let t = Tunnel {
+        server,
+        client,
+        public,
+    };
+    (t, echo)
+}
+
+/// A round trip through the tunnel that must succeed within one second.
+async fn assert_flows(t: &Tunnel, seed: u32) {
+    let data = pattern(4096, seed);
+    let back = within(Duration::from_secs(1), round_trip(t.public, &data))
+        .await
+        .expect("round trip took more than 1 s");
+    assert!(back == data, "round trip {seed} came back wrong");
+}
+
+/// Read until the server closes the connection (EOF or reset), within [`CLOSE_BOUND`];
+/// returns what it sent before closing.
+async fn read_until_closed(s: &mut Async<TcpStream>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let res = within(CLOSE_BOUND, s.read_to_end(&mut got)).await;
+    assert!(res.is_some(), "server kept the connection open");
+    got
+}
+
+/// Read the server's answer to our `auth` and the close after it; returns the `err` code.
+async fn refusal_code(s: &mut Async<TcpStream>, lines: &mut LineReader) -> u16 {
+    let code = match within(CLOSE_BOUND, lines.next(s))
+        .await
+        .expect("no answer to auth")
+        .expect("bad answer to auth")
+    {
+        Signal::Err { code, .. } => code,
+        other => panic!("forged connection was accepted: {other:?}"),
+    };
+    assert_eq!(read_until_closed(s).await, b"", "bytes after the err line");
+    code
+}
+
+#[test]
+fn wrong_key_client_is_refused_and_good_tunnel_keeps_working() {
+    smol::block_on(async {
+        let (t, _echo) = guarded_tunnel("s3cret").await;
+        let tunnel = t.server.tunnel.expect("tunnel addr");
+        assert_flows(&t, 1).await;
+        let before = bad_peers(&t.server.stats);
+
+        // Retries every 100, 200, 400 ms...: several refused attempts within a second.
+        let wrong = start_env(&format!("client://s3creT@{tunnel}/127.0.0.1:9"), FAST).await;
+        let deadline = Instant::now() + WAIT;
+        let mut seed = 2;
+        while bad_peers(&t.server.stats) < before + 3 {
+            assert!(
+                Instant::now() < deadline,
+                "wrong client was not refused 3 times"
+            );
+            assert_flows(&t, seed).await;
+            seed += 1;
+        }
+        // It never got a session: no pool was ever sized or dialed on its side.
+        assert_eq!(
+            wrong
+                .stats
+                .pool_size
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        assert_eq!(idle(&wrong.stats), 0);
+        wrong.stop().await;
+
+        for s in 100..110 {
+            assert_flows(&t, s).await;
+        }
+        assert!(idle(&t.client.stats) > 0, "the good client lost its pool");
+    });
+}
+
+#[test]
+fn garbage_oversized_and_silent_connections_are_closed() {
+    smol::block_on(async {
+        let (t, _echo) = guarded_tunnel("s3cret").await;
+        let tunnel = t.server.tunnel.expect("tunnel addr");
+        let cnonce = "00112233445566778899aabbccddeeff";
+        let long = vec![b'a'; 1000];
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            ("oversized line", long),
+            ("binary", vec![0, 0xff, 0x80, b'\n']),
+            ("bad nonce", b"hello ctl zz\n".to_vec()),
+            (
+                "unknown kind",
+                format!("hello bulk {cnonce}\n").into_bytes(),
+            ),
+            (
+                "auth first",
+                format!("auth {cnonce}{cnonce} -\n").into_bytes(),
+            ),
+        ];
+        for (i, (what, bytes)) in cases.iter().enumerate() {
+            let before = bad_peers(&t.server.stats);
+            let mut s = Async::<TcpStream>::connect(tunnel).await.expect("connect");
+            let sent = Instant::now();
+            // The server may close before reading all of it: a failed write is fine.
+            let _ = s.write_all(bytes).await;
+            let got = read_until_closed(&mut s).await;
+            // Closed on the bad bytes themselves, not later by the 500 ms handshake timeout.
+            let took = sent.elapsed();
+            assert!(
+                took < Duration::from_millis(400),
+                "{what}: closed after {took:?}"
+            );
+            assert!(
+                !got.starts_with(b"session") && !got.starts_with(b"pooled"),
+                "{what}: got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            let stats = t.server.stats.clone();
+            wait_until(what, || bad_peers(&stats) > before).await;
+            assert_flows(&t, i as u32).await;
+        }
+
+        // Silence: dropped after HANDSHAKE_TIMEOUT (500 ms here), not before.
+        let before = bad_peers(&t.server.stats);
+        let opened = Instant::now();
+        let mut s = Async::<TcpStream>::connect(tunnel).await.expect("connect");
+        let got = read_until_closed(&mut s).await;
+        let after = opened.elapsed();
+        assert_eq!(got, b"", "the server spoke first");
+        assert!(
+            after >= Duration::from_millis(400),
+            "closed too early: {after:?}"
+        );
+        let stats = t.server.stats.clone();
+        wait_until("silent peer counted", || bad_peers(&stats) > before).await;
+        assert_flows(&t, 50).await;
+    });
+}
+
+/// A raw control connection whose proof is made with the wrong key gets `err 202`, and the
+/// running session is not replaced.
+#[test]
+fn wrong_proof_on_control_connection_is_refused() {
+    smol::block_on(async {
+        let (t, _echo) = guarded_tunnel("s3cret").await;
+        let tunnel = t.server.tunnel.expect("tunnel addr");
+        let before = bad_peers(&t.server.stats);
+        let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
+        let proof = tr.client_proof(&Key::new(b"guess"), None);
+        send(&mut s, &Signal::Auth { proof, sid: None })
+            .await
+            .expect("send auth");
+        assert_eq!(refusal_code(&mut s, &mut lines).await, 202);
+        // Counted just after the connection is closed.
+        let stats = t.server.stats.clone();
+        wait_until("the refusal counted", || bad_peers(&stats) == before + 1).await;
+        assert_flows(&t, 1).await;
+    });
+}
+
+/// Pool connections cannot be added to a session without both the key and the live sid.
+#[test]
+fn forged_pool_connections_are_refused() {
+    smol::block_on(async {
+        let (t, _echo) = guarded_tunnel("s3cret").await;
+        let tunnel = t.server.tunnel.expect("tunnel addr");
+        let key = Key::new(b"s3cret");
+        let made_up = auth::random::<SID_LEN>();
+
+        // Right key, made-up session: a proper proof, but there is no such session.
+        let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
+        let proof = tr.client_proof(&key, Some(made_up));
+        send(
+            &mut s,
+            &Signal::Auth {
+                proof,
+                sid: Some(made_up),
+            },
+        )
+        .await
+        .expect("send auth");
+        assert_eq!(refusal_code(&mut s, &mut lines).await, 204);
+        assert_flows(&t, 1).await;
+
+        // A proof over one sid presented with another: the proof does not verify.
+        let before = bad_peers(&t.server.stats);
+        let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
+        let proof = tr.client_proof(&key, Some([0; SID_LEN]));
+        send(
+            &mut s,
+            &Signal::Auth {
+                proof,
+                sid: Some(made_up),
+            },
+        )
+        .await
+        .expect("send auth");
+        assert_eq!(refusal_code(&mut s, &mut lines).await, 202);
+        // Counted just after the connection is closed.
+        let stats = t.server.stats.clone();
+        wait_until("the refusal counted", || bad_peers(&stats) == before + 1).await;
+
+        // Wrong key.
+        let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
+        let proof = tr.client_proof(&Key::new(b"guess"), Some(made_up));
+        send(
+            &mut s,
+            &Signal::Auth {
+                proof,
+                sid: Some(made_up),
+            },
+        )
+        .await
+        .expect("send auth");
+        assert_eq!(refusal_code(&mut s, &mut lines).await, 202);
+
+        // A pool connection that names no session at all.
+        let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
+        let proof = tr.client_proof(&key, None);
+        send(&mut s, &Signal::Auth { proof, sid: None })
+            .await
+            .expect("send auth");
+        assert_eq!(refusal_code(&mut s, &mut lines).await, 202);
+
+        for seed in 2..6 {
+            assert_flows(&t, seed).await;
+        }
+    });
+}

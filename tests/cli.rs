@@ -1,0 +1,383 @@
+//! The real binary: bad command lines exit 2 with one line naming the bad part, `--help` and
+//! `--version`, and SIGTERM stops accepting, lets open connections finish, and exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::*;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::Async;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgepass");
+
+/// The binary's default `SHUTDOWN_TIMEOUT`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A child process that is killed if the test ends early, so none outlives it.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Child {
+    /// Wait at most `bound` for the process to exit; returns its exit code.
+    fn exit_within(&mut self, bound: Duration) -> Option<i32> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status.code().expect("killed by a signal"));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Send SIGTERM through kill(1): the tests add no crates.
+    fn term(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+    }
+}
+
+/// The binary with `args` and an environment of `env` only (nothing inherited that could
+/// change its behaviour); stdin closed, stdout and stderr piped.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Run to completion within 5 s; returns (exit code, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut child = Child(command(args, env).spawn().expect("spawn edgepass"));
+    let code = child
+        .exit_within(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("{args:?} still running after 5 s"));
+    // It has exited: the pipes hold everything it wrote and then EOF.
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut p) = child.0.stdout.take() {
+        p.read_to_string(&mut out).expect("stdout");
+    }
+    if let Some(mut p) = child.0.stderr.take() {
+        p.read_to_string(&mut err).expect("stderr");
+    }
+    (code, out, err)
+}
+
+/// Start a role; its stderr lines arrive on the receiver (read by a thread, so a chatty log
+/// can never fill the pipe and stall the process).
+fn spawn(url: &str, env: &[(&str, &str)]) -> (Child, Receiver<String>) {
+    let mut c = command(&[url], env);
+    c.stdout(Stdio::null());
+    let mut child = c.spawn().expect("spawn edgepass");
+    let stderr = child.stderr.take().expect("stderr pipe");
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        // Keeps draining after the receiver is gone: a closed stderr would make the process
+        // panic at its next log line (eprintln! on EPIPE).
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Child(child), rx)
+}
+
+/// The first stderr line containing `needle`, waiting at most [`WAIT`].
+fn wait_line(rx: &Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no stderr line with {needle:?}: {e}"),
+        }
+    }
+}
+
+/// Whether a stderr line containing `needle` arrives within [`WAIT`] (until the pipe closes).
+fn wait_line_opt(rx: &Receiver<String>, needle: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `... server: tunnel on A, users on B` -> (A, B).
+fn server_addrs(line: &str) -> (SocketAddr, SocketAddr) {
+    let at = line.find("tunnel on ").expect("tunnel on") + "tunnel on ".len();
+    let (tunnel, users) = line[at..].split_once(", users on ").expect("users on");
+    (
+        tunnel.trim().parse().expect("tunnel addr"),
+        users
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .parse()
+            .expect("users addr"),
+    )
+}
+
+/// A server and a client binary with a warm pool, forwarding to `target`.
+struct Binaries {
+    server: Child,
+    slog: Receiver<String>,
+    client: Child,
+    tunnel: SocketAddr,
+    public: SocketAddr,
+}
+
+/// A server and a client binary forwarding to `target`, with the session up.
+fn binaries(target: SocketAddr, env: &[(&str, &str)]) -> Binaries {
+    let (server, slog) = spawn("server://s3cret@127.0.0.1:0/127.0.0.1:0?log=info", env);
+    let (tunnel, public) = server_addrs(&wait_line(&slog, "server: tunnel on"));
+    let (client, clog) = spawn(&format!("client://s3cret@{tunnel}/{target}?log=info"), env);
+    wait_line(&clog, "session up");
+    wait_line(&slog, "session up");
+    Binaries {
+        server,
+        slog,
+        client,
+        tunnel,
+        public,
+    }
+}
+
+/// Connect attempts to `addr` until one is refused (a closed listener), within 5 s.
+async fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Async::<TcpStream>::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts after SIGTERM"
+        );
+        smol::Timer::after(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn bad_command_lines_exit_2_with_one_line_naming_the_bad_part() {
+    let ok = "server://k@127.0.0.1:0/127.0.0.1:0";
+    // (arguments, environment, text the message must contain)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let table: &[Case] = &[
+        (&["ftp://k@127.0.0.1:1/127.0.0.1:2"], &[], "`ftp`"),
+        (&["server://k@127.0.0.1:99999/127.0.0.1:0"], &[], "99999"),
+        (&["server://k@127.0.0.1:0/127.0.0.1:70000"], &[], "70000"),
+        (
+            &["server://k@127.0.0.1:0/127.0.0.1:0?colour=red"],
+            &[],
+            "colour",
+        ),
+        (
+            &["client://k@127.0.0.1:1/127.0.0.1:2?read=5parsecs"],
+            &[],
+            "5parsecs",
+        ),
+        (&["server://k@127.0.0.1:0/127.0.0.1:0?tls=3"], &[], "tls=3"),
+        (
+            &["server://k@127.0.0.1:0/127.0.0.1:0?min=abc"],
+            &[],
+            "min=abc",
+        ),
+        (
+            &["server://k@127.0.0.1:0/127.0.0.1:0?log=loud"],
+            &[],
+            "log=loud",
+        ),
+        (&["client://k@127.0.0.1:1"], &[], "missing target"),
+        (&["server://k@[::1/127.0.0.1:0"], &[], "[::1"),
+        (&["127.0.0.1:8080"], &[], "127.0.0.1:8080"),
+        (&[], &[], "missing URL"),
+        (&["--frobnicate"], &[], "--frobnicate"),
+        (&[ok, "extra"], &[], "extra"),
+        (
+            &[ok],
+            &[("HANDSHAKE_TIMEOUT", "soon")],
+            "HANDSHAKE_TIMEOUT=soon",
+        ),
+        (
+            &[ok],
+            &[("NP_TCP_DATA_BUF_SIZE", "1x")],
+            "NP_TCP_DATA_BUF_SIZE=1x",
+        ),
+    ];
+    assert!(!table.is_empty());
+    for &(args, env, bad) in table {
+        let (code, stdout, stderr) = run(args, env);
+        assert_eq!(code, 2, "{args:?} {env:?}: exit code; stderr {stderr:?}");
+        assert_eq!(stdout, "", "{args:?}: nothing on stdout");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one stderr line, got {stderr:?}");
+        let line = lines[0];
+        assert!(
+            line.contains(bad),
+            "{args:?}: {line:?} does not name {bad:?}"
+        );
+        assert!(line.starts_with("edgepass: "), "{line:?}");
+        assert_eq!(line.matches("--help").count(), 1, "{line:?}");
+    }
+}
+
+#[test]
+fn help_names_every_role_and_version_prints_the_version() {
+    for flag in ["--help", "-h", "help"] {
+        let (code, out, err) = run(&[flag], &[]);
+        assert_eq!((code, err.as_str()), (0, ""), "{flag}");
+        for role in ["server://", "client://", "relay://", "visit://"] {
+            assert!(out.contains(role), "{flag}: help does not show {role}");
+        }
+        assert!(out.contains("EXIT CODES"), "{flag}");
+    }
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run(&[flag], &[]);
+        assert_eq!((code, err.as_str()), (0, ""), "{flag}");
+        assert_eq!(out, format!("edgepass {}\n", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+/// SIGTERM in the middle of a transfer: the listeners close at once, the transfer finishes
+/// intact (bytes sent after the signal included), and the server exits 0 well within
+/// `SHUTDOWN_TIMEOUT`.
+#[test]
+fn sigterm_stops_accepting_and_lets_a_transfer_finish() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let Binaries {
+            mut server,
+            slog,
+            mut client,
+            tunnel,
+            public,
+        } = binaries(target, &[]);
+
+        const HALF: usize = 512 * 1024;
+        let data = pattern(2 * HALF, 9);
+        let s = std::sync::Arc::new(Async::<TcpStream>::connect(public).await.expect("connect"));
+        let (go_tx, go_rx) = smol::channel::bounded::<()>(1);
+        let writer = smol::spawn({
+            let s = s.clone();
+            let data = data.clone();
+            async move {
+                (&*s).write_all(&data[..HALF]).await.expect("first half");
+                go_rx.recv().await.expect("go");
+                (&*s)
+                    .write_all(&data[HALF..])
+                    .await
+                    .expect("second half after SIGTERM");
+                s.get_ref()
+                    .shutdown(std::net::Shutdown::Write)
+                    .expect("shutdown");
+            }
+        });
+        // Mid-transfer: part of the echo is back.
+        let mut back = vec![0u8; 64 * 1024];
+        within(WAIT, (&*s).read_exact(&mut back))
+            .await
+            .expect("no echo before SIGTERM")
+            .expect("read");
+
+        let signalled = Instant::now();
+        server.term();
+        wait_line(&slog, "stopping");
+        wait_refused(public).await;
+        wait_refused(tunnel).await;
+
+        go_tx.send(()).await.expect("writer gone");
+        let mut rest = Vec::new();
+        within(WAIT, (&*s).read_to_end(&mut rest))
+            .await
+            .expect("transfer did not finish")
+            .expect("transfer broken by the shutdown");
+        writer.await;
+        back.extend_from_slice(&rest);
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "bytes changed across the shutdown");
+
+        let code = server.exit_within(SHUTDOWN_TIMEOUT + Duration::from_secs(2));
+        assert_eq!(code, Some(0), "server exit");
+        let took = signalled.elapsed();
+        assert!(
+            took < SHUTDOWN_TIMEOUT,
+            "the drain waited for nothing: {took:?}"
+        );
+
+        client.term();
+        assert_eq!(
+            client.exit_within(Duration::from_secs(5)),
+            Some(0),
+            "client exit"
+        );
+    });
+}
+
+/// A connection that stays open holds the exit back for `SHUTDOWN_TIMEOUT` (1 s here), no
+/// longer; the exit code is still 0.
+#[test]
+fn sigterm_waits_at_most_shutdown_timeout_for_open_connections() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let env = &[("SHUTDOWN_TIMEOUT", "1s")];
+        let mut b = binaries(target, env);
+        let mut s = Async::<TcpStream>::connect(b.public)
+            .await
+            .expect("connect");
+        s.write_all(b"hi").await.expect("write");
+        let mut two = [0u8; 2];
+        within(WAIT, s.read_exact(&mut two))
+            .await
+            .expect("no echo")
+            .expect("read");
+
+        let signalled = Instant::now();
+        b.server.term();
+        let code = b.server.exit_within(Duration::from_secs(4));
+        let took = signalled.elapsed();
+        assert_eq!(code, Some(0), "server exit");
+        assert!(
+            took >= Duration::from_millis(900),
+            "did not wait for the open one: {took:?}"
+        );
+        assert!(
+            wait_line_opt(&b.slog, "still open"),
+            "no log line about the closed rest"
+        );
+        // The user's connection went down with the process.
+        let mut rest = Vec::new();
+        let _ = within(WAIT, s.read_to_end(&mut rest))
+            .await
+            .expect("still open");
+        b.client.term();
+        assert_eq!(
+            b.client.exit_within(Duration::from_secs(5)),
+            Some(0),
+            "client exit"
+        );
+    });
+}
