@@ -2,7 +2,7 @@
 # Write an OCI image layout of the scratch image (same content as the Dockerfile) without
 # Docker, and check it with skopeo (Debian package `skopeo`).
 #
-#   cross/oci-image.sh [--out DIR] [--tag TAG] [--ca FILE] [--no-check] TARGET|TRIPLE=BINARY...
+#   cross/oci-image.sh [--out DIR] [--tag TAG] [--ca FILE] [--no-check] TARGET|TRIPLE=BINARY...|all
 #
 # TARGET uses dist/TARGET/edgepass. The layout goes to DIR (default dist/oci); load it with
 #   skopeo copy --all oci:dist/oci:latest docker://REGISTRY/edgepass:TAG
@@ -28,6 +28,11 @@ while [ $# -gt 0 ]; do
         --no-ca) ca_args=(--no-ca); shift ;;
         --no-check) check=0; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        all) for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl \
+                    armv7-unknown-linux-musleabihf arm-unknown-linux-musleabi \
+                    mipsel-unknown-linux-musl mips-unknown-linux-musl; do
+                 pairs+=("$t=$root/dist/$t/edgepass")
+             done; shift ;;
         *=*) pairs+=("$1"); shift ;;
         *) pairs+=("$1=$root/dist/$1/edgepass"); shift ;;
     esac
