@@ -377,7 +377,11 @@ async fn tunnel_conn(
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
-        let (mut conn, tls, fp) = transport(&inner, s, &mut lines).await?;
+        #[cfg(feature = "tls")]
+        let handle = inner.tls.as_ref();
+        #[cfg(not(feature = "tls"))]
+        let handle: Option<&TlsHandle> = None;
+        let (mut conn, tls, fp) = transport(handle, s, &mut lines).await?;
         let hello = handshake::accept(&mut conn, &mut lines, &inner.key, tls, fp).await?;
         Ok((conn, hello))
     };
@@ -450,13 +454,13 @@ async fn tunnel_conn(
 /// learned our mode yet: its plaintext `hello` gets `tls <mode>` and the connection ends
 /// (returned as [`ProtoError::NeedTls`]). Returns the connection, its mode and the fingerprint
 /// of the certificate it was accepted with.
-async fn transport(
-    inner: &Inner,
+pub(crate) async fn transport(
+    tls: Option<&TlsHandle>,
     s: Async<TcpStream>,
     lines: &mut LineReader,
 ) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
     #[cfg(feature = "tls")]
-    if let Some(tls) = &inner.tls {
+    if let Some(tls) = tls {
         let mut first = [0u8; 1];
         if s.peek(&mut first).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
@@ -475,9 +479,16 @@ async fn transport(
         };
     }
     #[cfg(not(feature = "tls"))]
-    let _ = (inner, lines);
+    let _ = (tls, lines);
     Ok((Conn::Plain(s), 0, None))
 }
+
+/// The server side of TLS on a listening port (`ServerTls`; nothing without the feature).
+#[cfg(feature = "tls")]
+pub(crate) type TlsHandle = Arc<ServerTls>;
+/// The server side of TLS on a listening port (`ServerTls`; nothing without the feature).
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsHandle = ();
 
 async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer: SocketAddr) {
     let sess = Session::new(inner.cfg.max);
