@@ -91,14 +91,15 @@ ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
 
 QUERY KEYS (default in brackets):
     log=none|debug|info|warn|error|event [info]   tls=0|1|2 plain|self-signed|files [0]
-    crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay)
-    ca=FILE sni=NAME   roots and name the client verifies with tls=2
+    crt=FILE key=FILE  PEM certificate and key for tls=2 (server, relay); re-read on change
+    ca=FILE sni=NAME   roots and name the client verifies with tls=2 [system roots, host]
+    A client learns tls=1/2 from the server; tls=, ca= or sni= on a client start with TLS.
     min=N [4]  max=N [64]  warm pool size    slot=N [1024]  TCP users + UDP flows, more refused
-    read=DUR [0=none]  idle timeout          mode=0|1|2 [0]  0 auto, see NodePass
+    read=DUR [0=none]  idle timeout          mode=0|1|2 [0]  0 auto, see MODES below
     rate=MBIT [0=unlimited]  token bucket per direction, shared by the process's connections
     proxy=0|1|2 [0]    PROXY v1 (text) / v2 (binary) header with the user's address, sent
-                       first to the target; read by the side that dials the target (client)
-    dial=IP|auto [auto]  source address of the client's dials (server and targets); falls
+                       first to the target; read by the side that dials the target
+    dial=IP|auto [auto]  source address of outgoing dials (server and targets); falls
                        back to auto, with a warning, once IP cannot be bound
     dns=DUR [5m]       cache host name lookups for DUR, then look up again (0: every dial)
     notcp=0|1 [0]  noudp=0|1 [0]  protocol off  name=NAME  reservation (1-63 of A-Za-z0-9._-)

@@ -20,11 +20,14 @@ use crate::handshake;
 use crate::lines::LineReader;
 use crate::proxy;
 use crate::rate::Limits;
+use crate::server;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, SID_LEN};
+use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
 use crate::targets::Targets;
+#[cfg(feature = "tls")]
+use crate::tls::{self, ClientTls};
 use crate::util::{backoff, RateLimit};
 
 /// Pool tick adjustment step (NodePass's rule).
@@ -38,8 +41,13 @@ pub(crate) struct Inner {
     /// Buffers for UDP flows (`None`: UDP off).
     pub(crate) udp_arena: Option<Arc<Arena>>,
     pub(crate) shutdown: Shutdown,
-    /// The TLS mode learned from the server (0 until told otherwise).
+    /// The TLS mode to dial with: learned from the server, never below `tls_floor`.
     pub(crate) tls: AtomicU8,
+    /// The mode the URL asks for (`tls=`, or 2 with `ca=`/`sni=`); 0 means learn it.
+    pub(crate) tls_floor: u8,
+    /// The TLS configurations (pinning for tls=1, webpki for tls=2).
+    #[cfg(feature = "tls")]
+    tls_cfg: ClientTls,
     /// Outgoing connections (`dial=`, `dns=`).
     pub(crate) dialer: Dialer,
     /// The targets, round robin with failover.
@@ -50,6 +58,8 @@ pub(crate) struct Inner {
     /// Round-robin position among the targets for UDP flows.
     #[cfg(feature = "udp")]
     pub(crate) next_udp: AtomicUsize,
+    /// Forward flow: the user-facing taker, made at the first forward-flow session.
+    pub(crate) ingress: smol::lock::Mutex<Option<Arc<server::Inner>>>,
     /// This process's device id for relay reservations (lets it take its own name over).
     #[cfg(feature = "relay")]
     pub(crate) device: [u8; crate::signal::NONCE_LEN],
@@ -58,15 +68,23 @@ pub(crate) struct Inner {
 /// One session's pool bookkeeping, shared by the control loop and the pool connections.
 struct Pool {
     sid: [u8; SID_LEN],
+    /// The TLS mode the session's control connection used: every pool connection uses it too.
+    tls: u8,
     end: Shutdown,
     idle: AtomicUsize,
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
+    /// The pool size the manager aims at (reverse flow refills up to it at once).
+    capacity: AtomicUsize,
     /// TCP forwarded: the server offers it and `notcp` is not set here.
     tcp: bool,
     /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
     udp: bool,
+    /// Forward flow: the queue this side takes pool connections from for its users.
+    queue: Option<Arc<server::Session>>,
+    /// Pool connections queued since the last tick (forward flow).
+    offered: AtomicUsize,
 }
 
 /// A client, ready to run.
@@ -76,16 +94,17 @@ pub struct Client {
 
 impl Client {
     /// Prepare a client; nothing is dialed until [`Client::run`]. UDP flows lease their
-    /// buffers from `udp_arena` (`None`: UDP off).
+    /// buffers from `udp_arena` (`None`: UDP off). A bad `ca=` file or `sni=` is an
+    /// [`Error::Config`].
     pub fn new(
         cfg: Config,
         stats: Arc<Stats>,
         bufs: (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
-    ) -> Client {
-        Client {
-            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)),
-        }
+    ) -> Result<Client> {
+        Ok(Client {
+            inner: Arc::new(Inner::new(cfg, stats, bufs, shutdown)?),
+        })
     }
 
     /// Keep a session up until shutdown.
@@ -106,12 +125,21 @@ impl Client {
                     log::warn!("client: session with {server} ended: {end}");
                     attempt = 0;
                 }
-                Err(Error::Proto(ProtoError::NeedTls(mode))) => {
+                // Only a plaintext attempt can be told to switch, and only up: the hint is not
+                // authenticated, the mode is (the `challenge` on the TLS connection proves it).
+                Err(Error::Proto(ProtoError::NeedTls(mode)))
+                    if inner.tls.load(Relaxed) == 0 && mode != 0 =>
+                {
                     log::info!("client: server {server} uses tls={mode}; switching");
                     inner.tls.store(mode, Relaxed);
                     continue;
                 }
-                Err(e) => log::warn!("client: cannot open a session with {server}: {e}"),
+                Err(e) => {
+                    log::warn!("client: cannot open a session with {server}: {e}");
+                    // Learn the mode again next time: the server may have been reconfigured,
+                    // and a forged `tls` hint must not stick.
+                    inner.tls.store(inner.tls_floor, Relaxed);
+                }
             }
             let delay = backoff(inner.cfg.tuning.service_cooldown, attempt);
             attempt = attempt.saturating_add(1);
@@ -134,14 +162,21 @@ impl Inner {
         stats: Arc<Stats>,
         (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
-    ) -> Inner {
-        Inner {
+    ) -> Result<Inner> {
+        #[cfg(feature = "tls")]
+        let (tls_floor, tls_cfg) = (tls::client::initial_mode(&cfg), ClientTls::new(&cfg)?);
+        #[cfg(not(feature = "tls"))]
+        let tls_floor = 0;
+        Ok(Inner {
             key: Key::new(&cfg.key_bytes()),
             stats,
             arena,
             udp_arena,
             shutdown,
-            tls: AtomicU8::new(0),
+            tls: AtomicU8::new(tls_floor),
+            tls_floor,
+            #[cfg(feature = "tls")]
+            tls_cfg,
             dialer: Dialer::new(&cfg),
             targets: Targets::new(cfg.targets.clone()),
             limits: Limits::new(cfg.rate),
@@ -149,33 +184,39 @@ impl Inner {
             warn: RateLimit::new(Duration::from_secs(5)),
             #[cfg(feature = "udp")]
             next_udp: AtomicUsize::new(0),
+            ingress: smol::lock::Mutex::new(None),
             #[cfg(feature = "relay")]
             device: crate::auth::random(),
-        }
+        })
     }
 }
 
-/// Dial the server and bring up the transport the server uses. Returns the connection, its
-/// TLS mode and the certificate fingerprint seen.
-async fn dial_tunnel(inner: &Inner) -> Result<(Conn, u8, Option<[u8; 32]>)> {
+/// Dial the server and bring up the transport for TLS `mode` (0 plain, 1 pinned, 2 verified).
+/// Returns the connection, its TLS mode and the fingerprint of the certificate seen.
+async fn dial_tunnel(inner: &Inner, mode: u8) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
     let tcp = inner.dialer.dial(&inner.cfg.tunnel).await?;
-    let mode = inner.tls.load(Relaxed);
-    if mode != 0 {
-        return Err(Error::Tls(format!(
-            "tls={mode} is not supported by this build"
-        )));
+    if mode == 0 {
+        return Ok((Conn::Plain(tcp), 0, None));
     }
-    Ok((Conn::Plain(tcp), 0, None))
+    #[cfg(feature = "tls")]
+    {
+        let (conn, fp) = inner.tls_cfg.connect(mode, tcp).await?;
+        Ok((conn, mode, Some(fp)))
+    }
+    #[cfg(not(feature = "tls"))]
+    Err(Error::Unsupported("TLS (the server uses tls=1 or tls=2)"))
 }
 
-/// Dial and authenticate one connection of `kind`, bounded by `HANDSHAKE_TIMEOUT`.
+/// Dial and authenticate one connection of `kind` in TLS `mode`, bounded by
+/// `HANDSHAKE_TIMEOUT` + `DIAL_TIMEOUT`.
 pub(crate) async fn open(
     inner: &Inner,
+    mode: u8,
     kind: Kind,
     sid: Option<[u8; SID_LEN]>,
 ) -> Result<(Conn, LineReader)> {
     let work = async {
-        let (mut conn, tls, fp) = dial_tunnel(inner).await?;
+        let (mut conn, tls, fp) = dial_tunnel(inner, mode).await?;
         let mut lines = LineReader::new();
         handshake::connect(&mut conn, &mut lines, &inner.key, kind, sid, tls, fp).await?;
         Ok((conn, lines))
@@ -193,25 +234,96 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
     if let Some(name) = &inner.cfg.name {
         return crate::relay::device::session(inner, name).await;
     }
-    let (mut conn, mut lines) = open(inner, Kind::Ctl, None).await?;
+    let mode = inner.tls.load(Relaxed);
+    let (mut conn, mut lines) = open(inner, mode, Kind::Ctl, None).await?;
     let reply = async { lines.next(&mut conn).await }
         .or(async {
             Timer::after(inner.cfg.tuning.handshake_timeout).await;
             Err(Error::Timeout("session reply"))
         })
         .await?;
-    let (sid, max, tcp, udp) = match reply {
+    let (sid, max, tcp, udp, forward) = match reply {
         Signal::Session {
-            sid, max, tcp, udp, ..
-        } => (sid, max as usize, tcp, udp),
+            sid,
+            max,
+            tcp,
+            udp,
+            forward,
+        } => (sid, max as usize, tcp, udp, forward),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected session").into()),
     };
-    Ok(run_pool(inner, conn, lines, sid, max, (tcp, udp), |m| m).await)
+    if !forward {
+        return Ok(run_pool(inner, conn, lines, sid, max, (tcp, udp), None, |m| m).await);
+    }
+    // Forward flow: users connect here and ride the pool; the server dials the targets.
+    let ingress = ingress(inner).await?;
+    let queue = server::Session::new(inner.cfg.max.min(max).max(1));
+    ingress.set_session(Some(queue.clone()));
+    let end = run_pool(
+        inner,
+        conn,
+        lines,
+        sid,
+        max,
+        (tcp, udp),
+        Some(queue.clone()),
+        |m| m,
+    )
+    .await;
+    ingress.set_session(None);
+    queue.close();
+    Ok(end)
+}
+
+/// The listeners of forward flow, bound on the client's address at the first forward-flow
+/// session and kept (with their accept loops) until shutdown.
+async fn ingress(inner: &Arc<Inner>) -> Result<Arc<server::Inner>> {
+    let mut slot = inner.ingress.lock().await;
+    if let Some(i) = slot.as_ref() {
+        return Ok(i.clone());
+    }
+    let at = inner
+        .cfg
+        .targets
+        .first()
+        .ok_or(Error::Proto(ProtoError::Unexpected("no listen address")))?;
+    let users = crate::net::listen(at, inner.cfg.tuning.dial_timeout).await?;
+    let ing = server::Inner::ingress(
+        inner.cfg.clone(),
+        inner.stats.clone(),
+        inner.arena.clone(),
+        inner.shutdown.clone(),
+    );
+    #[cfg(feature = "udp")]
+    let users = match (&inner.udp_arena, inner.cfg.noudp) {
+        (Some(arena), false) => {
+            let (users, sock) =
+                crate::udp::bind_beside(users, at, inner.cfg.tuning.dial_timeout).await?;
+            let (ing, arena, stop) = (ing.clone(), arena.clone(), inner.shutdown.clone());
+            smol::spawn(async move {
+                crate::udp::serve(ing, Arc::new(sock), arena)
+                    .or(stop.wait())
+                    .await
+            })
+            .detach();
+            users
+        }
+        _ => users,
+    };
+    log::info!(
+        "client: forward flow: users connect to {}, the server dials its targets",
+        users.get_ref().local_addr()?
+    );
+    let (ing2, stop) = (ing.clone(), inner.shutdown.clone());
+    smol::spawn(async move { server::accept_users(ing2, users).or(stop.wait()).await }).detach();
+    *slot = Some(ing.clone());
+    Ok(ing)
 }
 
 /// Keep the warm pool of session `sid` (at most `max`, the server's bound) and run the
 /// control loop with the pool manager, wrapped by `wrap` (the relay device adds refreshes).
+#[allow(clippy::too_many_arguments)] // one call site per flow kind; a struct would only rename them
 pub(crate) async fn run_pool<H: Handler>(
     inner: &Arc<Inner>,
     conn: Conn,
@@ -219,10 +331,14 @@ pub(crate) async fn run_pool<H: Handler>(
     sid: [u8; SID_LEN],
     max: usize,
     (tcp, udp): (bool, bool),
+    queue: Option<Arc<server::Session>>,
     wrap: impl FnOnce(PoolManager) -> H,
 ) -> End {
     let max = inner.cfg.max.min(max).max(1);
     let min = inner.cfg.min.min(max);
+    // The mode this session's control connection was opened with (it changes only between
+    // sessions): every pool connection uses it too.
+    let mode = inner.tls.load(Relaxed);
     let tcp = tcp && !inner.cfg.notcp;
     let udp = udp && inner.udp_arena.is_some();
     let proto = match (tcp, udp) {
@@ -232,17 +348,21 @@ pub(crate) async fn run_pool<H: Handler>(
         (false, false) => "nothing",
     };
     log::info!(
-        "client: session up with {} (pool {min}..{max}, forwarding {proto})",
+        "client: session up with {} (pool {min}..{max}, forwarding {proto}, tls={mode})",
         inner.cfg.tunnel
     );
     let pool = Arc::new(Pool {
         sid,
+        tls: mode,
         end: Shutdown::new(),
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
         used: AtomicUsize::new(0),
         tcp,
         udp,
+        queue,
+        offered: AtomicUsize::new(0),
+        capacity: AtomicUsize::new(min),
     });
     let mgr = PoolManager {
         inner: inner.clone(),
@@ -252,6 +372,7 @@ pub(crate) async fn run_pool<H: Handler>(
         capacity: min,
         interval: inner.cfg.tuning.min_pool_interval,
         trims: 0,
+        last_idle: 0,
     };
     let end = Control::new(
         conn,
@@ -276,6 +397,8 @@ pub(crate) struct PoolManager {
     interval: Duration,
     /// Ticks until another `trim` may be sent (the previous one must take effect first).
     trims: u32,
+    /// Forward flow: the queue length at the last tick.
+    last_idle: usize,
 }
 
 impl Handler for PoolManager {
@@ -285,8 +408,21 @@ impl Handler for PoolManager {
 
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration) {
         let cfg = &self.inner.cfg.tuning;
-        let idle = self.pool.idle.load(Relaxed);
-        let used = self.pool.used.swap(0, Relaxed);
+        let (idle, used) = match &self.pool.queue {
+            // Forward flow: users take from the local queue; what left it since the last
+            // tick, beyond what was queued, was used.
+            Some(q) => {
+                let now = q.idle_len();
+                let offered = self.pool.offered.swap(0, Relaxed);
+                let used = (self.last_idle + offered).saturating_sub(now);
+                self.last_idle = now;
+                (now, used)
+            }
+            None => (
+                self.pool.idle.load(Relaxed),
+                self.pool.used.swap(0, Relaxed),
+            ),
+        };
         let cap = self.capacity;
         // NodePass's rule: tick faster while the pool runs low, slower while it is full.
         if idle * 5 < cap {
@@ -297,12 +433,15 @@ impl Handler for PoolManager {
         } else if idle * 5 > cap * 4 {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
-        // Grow when more than 80% of the pool was used this tick, shrink under 20%.
+        // Grow when more than 80% of the pool was used this tick, shrink under 20% (NodePass's
+        // thresholds). Growth doubles, so a burst finds a warm pool within a few ticks;
+        // shrinking goes one connection at a time.
         if used * 5 > cap * 4 {
-            self.capacity = (cap + 1).min(self.max);
+            self.capacity = (cap * 2).clamp(1, self.max);
         } else if used * 5 < cap {
             self.capacity = cap.saturating_sub(1).max(self.min);
         }
+        self.pool.capacity.store(self.capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
         let need = self.capacity.saturating_sub(idle + dialing);
         for _ in 0..need {
@@ -314,6 +453,11 @@ impl Handler for PoolManager {
         let surplus = idle.saturating_sub(self.capacity);
         if surplus > 0 && self.trims == 0 {
             self.trims = 10;
+            if let Some(q) = &self.pool.queue {
+                // We are the taker: close our own surplus; the server sees them close.
+                q.trim(surplus);
+                return (None, self.interval);
+            }
             return (Some(Signal::Trim(surplus as u32)), self.interval);
         }
         (None, self.interval)
@@ -323,7 +467,7 @@ impl Handler for PoolManager {
 /// One pool connection: dial, authenticate, wait idle for its opening line, then serve it.
 async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     let opened = async {
-        let (mut conn, mut lines) = open(&inner, Kind::Pool, Some(pool.sid)).await?;
+        let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
         match lines.next(&mut conn).await? {
             Signal::Pooled { id } => Ok((conn, lines, id)),
             Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),
@@ -336,7 +480,7 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     })
     .await;
     pool.dialing.fetch_sub(1, Relaxed);
-    let (mut conn, mut lines, id) = match opened {
+    let (conn, lines, id) = match opened {
         Ok(x) => x,
         Err(Error::Shutdown) => return,
         Err(e) => {
@@ -346,55 +490,109 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             return;
         }
     };
+    // Forward flow: this side takes pool connections for its own users.
+    if let Some(q) = &pool.queue {
+        if q.offer(server::PoolConn { id, conn }) {
+            pool.offered.fetch_add(1, Relaxed);
+            inner.stats.pool_idle.store(q.idle_len(), Relaxed);
+        }
+        return;
+    }
     inner
         .stats
         .pool_idle
         .store(pool.idle.fetch_add(1, Relaxed) + 1, Relaxed);
+    let taken = || {
+        inner
+            .stats
+            .pool_idle
+            .store(pool.idle.fetch_sub(1, Relaxed).saturating_sub(1), Relaxed);
+    };
+    watch(
+        &inner,
+        conn,
+        lines,
+        id,
+        &pool.end,
+        (pool.tcp, pool.udp),
+        || {
+            taken();
+            pool.used.fetch_add(1, Relaxed);
+            refill(&inner, &pool);
+        },
+    )
+    .await;
+}
+
+/// Dial a replacement at once when a pool connection is taken, so back-to-back users do not
+/// wait for the next tick (the tick still grows and shrinks the capacity).
+fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
+    if pool.end.is_triggered() {
+        return;
+    }
+    let have = pool.idle.load(Relaxed) + pool.dialing.load(Relaxed);
+    if have < pool.capacity.load(Relaxed) {
+        pool.dialing.fetch_add(1, Relaxed);
+        smol::spawn(pool_conn(inner.clone(), pool.clone())).detach();
+    }
+}
+
+/// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
+/// then carry the TCP user or UDP flow it announces to a target. `taken` runs once the wait
+/// is over, whatever ended it. Used by the client in reverse flow and by the server in
+/// forward flow.
+pub(crate) async fn watch(
+    inner: &Arc<Inner>,
+    mut conn: Conn,
+    mut lines: LineReader,
+    id: u32,
+    end: &Shutdown,
+    (tcp, udp_on): (bool, bool),
+    taken: impl FnOnce(),
+) {
     let first = async { Some(lines.next(&mut conn).await) }
         .or(async {
-            pool.end.wait().await;
+            end.wait().await;
             None
         })
         .await;
-    inner
-        .stats
-        .pool_idle
-        .store(pool.idle.fetch_sub(1, Relaxed) - 1, Relaxed);
+    taken();
     let (udp, peer) = match first {
         None => return,
         Some(Ok(Signal::Tcp { id: got, peer })) if got == id => (false, peer),
         Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer),
         Some(Ok(other)) => {
-            log::warn!("client: pool connection {id}: unexpected {other:?}, closed");
+            log::warn!("pool connection {id}: unexpected {other:?}, closed");
             return;
         }
         Some(Err(e)) => {
-            log::debug!("client: idle pool connection {id} closed: {e}");
+            log::debug!("idle pool connection {id} closed: {e}");
             return;
         }
     };
-    if (udp && !pool.udp) || (!udp && !pool.tcp) {
+    if (udp && !udp_on) || (!udp && !tcp) {
         let what = if udp { "UDP" } else { "TCP" };
         inner.stats.refused.fetch_add(1, Relaxed);
         if inner.warn.allow() {
-            log::warn!("client: {what} user {peer} refused: {what} is off on this tunnel");
+            log::warn!("{what} user {peer} refused: {what} is off on this tunnel");
         }
         return;
     }
-    pool.used.fetch_add(1, Relaxed);
     #[cfg(feature = "udp")]
     if udp {
-        crate::udp::serve_client(&inner, conn, lines.leftover(), id, peer).await;
+        crate::udp::serve_client(inner, conn, lines.leftover(), id, peer).await;
         return;
     }
-    serve_tcp(&inner, conn, &lines, id, peer).await;
+    log::debug!("user {peer} on pool connection {id}");
+    serve_tcp(inner, conn, lines.leftover(), peer).await;
 }
 
-async fn serve_tcp(
+/// Carry one user connection to a target: `early` are user bytes that arrived with the
+/// signal, `peer` the user's address (for logs and the PROXY header).
+pub(crate) async fn serve_tcp(
     inner: &Inner,
     mut conn: Conn,
-    lines: &LineReader,
-    id: u32,
+    early: &[u8],
     peer: std::net::SocketAddr,
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
@@ -419,7 +617,6 @@ async fn serve_tcp(
         log::debug!("client: user {peer}: PROXY header not sent: {e}");
         return;
     }
-    let early = lines.leftover();
     if !early.is_empty() {
         if let Err(e) = target.write_all(early).await {
             log::debug!("client: user {peer}: target write failed: {e}");
@@ -427,7 +624,6 @@ async fn serve_tcp(
         }
         inner.stats.tcp_rx.add(early.len() as u64);
     }
-    log::debug!("client: user {peer} on pool connection {id}");
     let st = &inner.stats;
     match copy::bidi_limited(
         &mut conn,

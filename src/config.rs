@@ -4,6 +4,7 @@
 //! touches sockets, files or clocks: the environment comes in as a lookup function so that the
 //! precedence URL > environment > default is testable.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -206,8 +207,8 @@ pub struct RelayLimits {
 pub struct ConfigError {
     /// The offending part, as the user wrote it (a key, a value, a host).
     pub part: String,
-    /// Why it is refused.
-    pub reason: &'static str,
+    /// Why it is refused: a fixed text, or one with details (a file's dates, an OS error).
+    pub reason: Cow<'static, str>,
 }
 
 impl fmt::Display for ConfigError {

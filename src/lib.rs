@@ -25,6 +25,7 @@ pub mod copy;
 pub mod dialer;
 pub mod duration;
 pub mod error;
+pub mod forward;
 pub mod frame;
 pub mod handshake;
 pub mod lines;
@@ -40,13 +41,17 @@ pub mod signal;
 pub mod stats;
 pub mod stream;
 pub mod targets;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "udp")]
 pub mod udp;
 pub mod util;
 #[cfg(feature = "relay")]
 pub mod visit;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+
+use smol::Async;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +61,7 @@ use crate::arena::Arena;
 use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
 use crate::error::Result;
+use crate::forward::Forward;
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -70,6 +76,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(50);
 enum Role_ {
     Server(Server),
     Client(Client),
+    Forward(Forward),
     #[cfg(feature = "relay")]
     Relay(relay::Relay),
     #[cfg(feature = "relay")]
@@ -94,9 +101,18 @@ pub struct Node {
 }
 
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
+///
+/// Configuration problems found here (tls=2 certificate files, `ca=`) are [`error::Error::Config`]
+/// and nothing is bound; the binary exits 2 for them.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     if cfg.key.is_none() {
         log::warn!("no key in the URL: the key is the tunnel port number, which anyone can guess");
+    }
+    #[cfg(not(feature = "tls"))]
+    if cfg.tls != config::TlsMode::Off
+        || (cfg.role == Role::Client && (cfg.ca.is_some() || cfg.sni.is_some()))
+    {
+        return Err(error::Error::Unsupported("TLS (tls=1, tls=2, ca=, sni=)"));
     }
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
@@ -121,12 +137,26 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
         Role::Server => {
             let s = Server::bind(cfg, stats.clone(), bufs, shutdown.clone()).await?;
             let (t, p) = (s.tunnel_addr()?, s.public_addr()?);
-            (Role_::Server(s), Some(t), Some(p), 1)
+            (
+                Role_::Server(s),
+                Some(t),
+                p,
+                if p.is_some() { 1 } else { 2 },
+            )
         }
-        Role::Client => {
-            let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone());
-            (Role_::Client(c), None, None, 2)
-        }
+        Role::Client => match single_end(&cfg).await? {
+            Some(listener) => {
+                let f =
+                    Forward::with_listener(listener, cfg, stats.clone(), bufs, shutdown.clone())
+                        .await?;
+                let p = f.local_addr()?;
+                (Role_::Forward(f), None, Some(p), 1)
+            }
+            None => {
+                let c = Client::new(cfg, stats.clone(), bufs, shutdown.clone())?;
+                (Role_::Client(c), None, None, 2)
+            }
+        },
         #[cfg(feature = "relay")]
         Role::Relay => {
             let r = relay::Relay::bind(cfg, stats.clone(), arena.clone(), shutdown.clone()).await?;
@@ -181,6 +211,35 @@ fn udp_buf_len(cfg: &Config) -> usize {
     cfg.tuning.udp_buf
 }
 
+/// A client's mode: `mode=1` forwards locally (the listener is bound here, so a taken port
+/// fails at start), `mode=2` is a tunnel client, and `mode=0` (NodePass's auto) forwards
+/// locally when the tunnel address can be bound on this machine. Unlike NodePass, a client
+/// whose URL names a key, TLS settings or a reservation always talks to a server: a tunnel
+/// client started before its server on the same machine must not turn into a forwarder.
+async fn single_end(cfg: &Config) -> Result<Option<Async<TcpListener>>> {
+    match cfg.mode {
+        1 => Ok(Some(
+            net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?,
+        )),
+        0 if cfg.name.is_none()
+            && cfg.key.is_none()
+            && cfg.tls == config::TlsMode::Off
+            && cfg.ca.is_none()
+            && cfg.sni.is_none() =>
+        {
+            let l = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await.ok();
+            if l.is_some() {
+                log::info!(
+                    "mode=0: {} is a local address, forwarding without a server",
+                    cfg.tunnel
+                );
+            }
+            Ok(l)
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Node {
     /// The relay's own counters (reservations, connections, refusals by code); relay only.
     #[cfg(feature = "relay")]
@@ -233,6 +292,7 @@ impl Node {
         let res = match self.role {
             Role_::Server(s) => s.run().await,
             Role_::Client(c) => c.run().await,
+            Role_::Forward(f) => f.run().await,
             #[cfg(feature = "relay")]
             Role_::Relay(r) => r.run().await,
             #[cfg(feature = "relay")]

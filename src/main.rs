@@ -45,6 +45,11 @@ fn main() -> ExitCode {
     smol::block_on(async {
         let node = match edgepass::bind(cfg, shutdown.clone()).await {
             Ok(n) => n,
+            // A bad file named in the configuration: bad usage, nothing was started.
+            Err(e @ edgepass::error::Error::Config(_)) => {
+                eprintln!("edgepass: {e}");
+                return ExitCode::from(2);
+            }
             Err(e) => {
                 log::error!("cannot start: {e}");
                 return ExitCode::FAILURE;

@@ -53,6 +53,9 @@ pub(crate) struct Inner {
     table: Mutex<Table>,
     pending: AtomicUsize,
     warn: RateLimit,
+    /// The relay port's certificate (tls=1, tls=2): every leg to the relay is TLS then.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Inner {
@@ -91,10 +94,9 @@ impl Relay {
         arena: Arc<Arena>,
         shutdown: Shutdown,
     ) -> Result<Relay> {
-        // Refuse rather than run in plaintext when TLS was asked for.
-        if cfg.tls != crate::config::TlsMode::Off {
-            return Err(Error::Unsupported("tls on the relay port (not wired yet)"));
-        }
+        // Certificates first: a bad file is a configuration error and nothing is bound.
+        #[cfg(feature = "tls")]
+        let tls = crate::tls::ServerTls::new(&cfg)?;
         let listener = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?;
         let device_key = Key::new(&cfg.key_bytes());
         let visit_key = match &cfg.relay.visit_key {
@@ -112,6 +114,8 @@ impl Relay {
             table: Mutex::new(Table::default()),
             pending: AtomicUsize::new(0),
             warn: RateLimit::new(Duration::from_secs(1)),
+            #[cfg(feature = "tls")]
+            tls,
         });
         Ok(Relay { inner, listener })
     }
@@ -141,7 +145,13 @@ impl Relay {
         );
         let a = smol::spawn(accept(inner.clone(), listener));
         let r = smol::spawn(report(inner.clone()));
+        #[cfg(feature = "tls")]
+        let w = inner.tls.clone().map(|tls| smol::spawn(tls.watch()));
         inner.shutdown.wait().await;
+        #[cfg(feature = "tls")]
+        if let Some(w) = w {
+            w.cancel().await;
+        }
         a.cancel().await;
         r.cancel().await;
         let all = inner.table().all();
@@ -219,9 +229,13 @@ async fn conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, guard: C
         Kind::Connect => Some(vis),
         Kind::Ctl => None,
     };
+    #[cfg(feature = "tls")]
+    let handle = inner.tls.as_ref();
+    #[cfg(not(feature = "tls"))]
+    let handle: Option<&crate::server::TlsHandle> = None;
     let shake = async {
-        let mut conn = Conn::Plain(s);
-        let hello = handshake::accept_keyed(&mut conn, &mut lines, &pick, 0, None).await?;
+        let (mut conn, mode, fp) = crate::server::transport(handle, s, &mut lines).await?;
+        let hello = handshake::accept_keyed(&mut conn, &mut lines, &pick, mode, fp).await?;
         Ok((conn, hello))
     };
     let res = shake

@@ -7,7 +7,7 @@
 #[cfg(feature = "udp")]
 use std::net::UdpSocket;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use smol::{Async, Timer};
 
 use crate::arena::Arena;
 use crate::auth::{self, Key};
+use crate::client;
 use crate::config::Config;
 use crate::control::{self, Control, Handler};
 use crate::copy;
@@ -26,13 +27,32 @@ use crate::lines::{send, LineReader};
 use crate::net;
 use crate::rate::Limits;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, SID_LEN};
+use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+#[cfg(feature = "tls")]
+use crate::tls::ServerTls;
 use crate::util::{accept_backoff, RateLimit};
 
-/// Tunnel-port connections allowed to be mid-handshake at once; more are closed at accept.
+/// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
+/// never does.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Tunnel-port connections allowed to be mid-handshake at once. A new connection past it
+/// closes the oldest pending one: a real client's handshake takes one round trip, so the oldest
+/// is the likeliest attacker, and a flood cannot lock the client out for `HANDSHAKE_TIMEOUT`.
 pub const MAX_PENDING: usize = 256;
+
+/// Why an evicted handshake ended (logged at debug: a flood makes many).
+const EVICTED: &str = "closed for a newer connection: too many handshakes pending";
+
+/// Handshakes in progress, oldest first; dropping an entry's sender evicts that handshake.
+#[derive(Default)]
+struct PendingTable {
+    next: u64,
+    q: std::collections::VecDeque<(u64, Sender<()>)>,
+}
 
 /// An idle pool connection waiting in the taker's queue.
 pub struct PoolConn {
@@ -54,7 +74,8 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(max: usize) -> Arc<Session> {
+    /// A new session holding at most `max` idle pool connections.
+    pub(crate) fn new(max: usize) -> Arc<Session> {
         let (idle_tx, idle_rx) = bounded(max.max(1));
         Arc::new(Session {
             sid: auth::random::<SID_LEN>(),
@@ -63,6 +84,25 @@ impl Session {
             next_id: AtomicU32::new(1),
             end: Shutdown::new(),
         })
+    }
+
+    /// Queue an idle pool connection; `false` (and the connection closed) when full.
+    pub(crate) fn offer(&self, pc: PoolConn) -> bool {
+        self.idle_tx.try_send(pc).is_ok()
+    }
+
+    /// Idle pool connections queued now.
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle_tx.len()
+    }
+
+    /// Close up to `n` idle pool connections, oldest first; never one in use.
+    pub(crate) fn trim(&self, n: usize) {
+        for _ in 0..n {
+            if self.idle_rx.try_recv().is_err() {
+                break;
+            }
+        }
     }
 
     /// Close the session and every idle connection it holds.
@@ -80,13 +120,49 @@ pub(crate) struct Inner {
     pub arena: Arc<Arena>,
     pub shutdown: Shutdown,
     session: Mutex<Option<Arc<Session>>>,
-    pending: AtomicUsize,
+    pending: Mutex<PendingTable>,
     refusals: RateLimit,
     /// `rate=`: the process's token buckets.
     limits: Option<Limits>,
+    /// Forward flow (`mode=2`): the server dials the targets for the client's users, with the
+    /// client's own machinery (dialer, failover, PROXY header, UDP).
+    egress: Option<Arc<client::Inner>>,
+    /// The certificate and its configuration (tls=1, tls=2).
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Inner {
+    /// The user-facing half of a taker, for a client in forward flow: users arrive on the
+    /// client and ride the pool connections it queues in the current session.
+    pub(crate) fn ingress(
+        cfg: Config,
+        stats: Arc<Stats>,
+        arena: Arc<Arena>,
+        shutdown: Shutdown,
+    ) -> Arc<Inner> {
+        Arc::new(Inner {
+            limits: Limits::new(cfg.rate),
+            cfg,
+            // Never used: the ingress authenticates nobody.
+            key: Key::new(b""),
+            stats,
+            arena,
+            shutdown,
+            session: Mutex::new(None),
+            pending: Mutex::default(),
+            refusals: RateLimit::new(Duration::from_secs(1)),
+            egress: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        })
+    }
+
+    /// Make `sess` the session users are served from (`None`: no session now).
+    pub(crate) fn set_session(&self, sess: Option<Arc<Session>>) {
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = sess;
+    }
+
     fn current(&self) -> Option<Arc<Session>> {
         self.session
             .lock()
@@ -99,35 +175,61 @@ impl Inner {
 pub struct Server {
     inner: Arc<Inner>,
     tunnel: Async<TcpListener>,
-    users: Async<TcpListener>,
+    /// The public listener; `None` in forward flow (the client accepts users).
+    users: Option<Async<TcpListener>>,
     /// The UDP socket on the public address, and the arena its flows lease buffers from.
     #[cfg(feature = "udp")]
     udp: Option<(Arc<Async<UdpSocket>>, Arc<Arena>)>,
 }
 
 impl Server {
-    /// Bind the tunnel and public listeners, and with `udp_arena` (UDP on) a UDP socket on
-    /// the public address too.
+    /// Load the TLS certificate (tls=1, tls=2), then bind the tunnel and public listeners.
+    /// A bad certificate or key file is an [`Error::Config`] and nothing is bound.
     pub async fn bind(
         cfg: Config,
         stats: Arc<Stats>,
         (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
     ) -> Result<Server> {
+        #[cfg(feature = "tls")]
+        let tls = ServerTls::new(&cfg)?;
         let t = cfg.tuning.dial_timeout;
         let tunnel = net::listen(&cfg.tunnel, t).await?;
         let target = cfg
             .targets
             .first()
             .ok_or(Error::Proto(ProtoError::Unexpected("no public address")))?;
-        let users = net::listen(target, t).await?;
+        // NodePass's server modes: 1 reverse (users here), 2 forward (users on the client,
+        // targets dialed here), 0 reverse if the address binds here and forward otherwise.
+        let users = match cfg.mode {
+            2 => None,
+            1 => Some(net::listen(target, t).await?),
+            _ => match net::listen(target, t).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    log::info!(
+                        "mode=0: cannot listen on {target} ({e}): forward flow, the client accepts users and this server dials {target}"
+                    );
+                    None
+                }
+            },
+        };
+        let egress = match users {
+            Some(_) => None,
+            None => Some(Arc::new(client::Inner::new(
+                cfg.clone(),
+                stats.clone(),
+                (arena.clone(), udp_arena.clone()),
+                shutdown.clone(),
+            )?)),
+        };
         #[cfg(feature = "udp")]
-        let (users, udp) = match udp_arena {
-            Some(a) => {
+        let (users, udp) = match (users, udp_arena) {
+            (Some(users), Some(a)) => {
                 let (users, sock) = crate::udp::bind_beside(users, target, t).await?;
-                (users, Some((Arc::new(sock), a)))
+                (Some(users), Some((Arc::new(sock), a)))
             }
-            None => (users, None),
+            (users, _) => (users, None),
         };
         #[cfg(not(feature = "udp"))]
         drop(udp_arena);
@@ -140,8 +242,11 @@ impl Server {
             arena,
             shutdown,
             session: Mutex::new(None),
-            pending: AtomicUsize::new(0),
+            pending: Mutex::default(),
             refusals: RateLimit::new(Duration::from_secs(1)),
+            egress,
+            #[cfg(feature = "tls")]
+            tls,
         });
         Ok(Server {
             inner,
@@ -157,9 +262,12 @@ impl Server {
         Ok(self.tunnel.get_ref().local_addr()?)
     }
 
-    /// The public (user) port's address.
-    pub fn public_addr(&self) -> Result<SocketAddr> {
-        Ok(self.users.get_ref().local_addr()?)
+    /// The public (user) port's address; `None` in forward flow.
+    pub fn public_addr(&self) -> Result<Option<SocketAddr>> {
+        Ok(match &self.users {
+            Some(u) => Some(u.get_ref().local_addr()?),
+            None => None,
+        })
     }
 
     /// Serve until shutdown.
@@ -177,21 +285,36 @@ impl Server {
             (true, true) => "UDP",
             (true, false) => "nothing (notcp=1, and UDP off)",
         };
-        log::info!(
-            "server: tunnel on {}, users on {} ({proto})",
-            tunnel.get_ref().local_addr()?,
-            users.get_ref().local_addr()?
-        );
+        match &users {
+            Some(u) => log::info!(
+                "server: tunnel on {}, users on {} ({proto})",
+                tunnel.get_ref().local_addr()?,
+                u.get_ref().local_addr()?
+            ),
+            None => log::info!(
+                "server: tunnel on {}, forward flow: users connect to the client, this server dials {}",
+                tunnel.get_ref().local_addr()?,
+                inner.cfg.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+            ),
+        }
         let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
-        let u = smol::spawn(accept_users(inner.clone(), users));
+        let u = users.map(|users| smol::spawn(accept_users(inner.clone(), users)));
         #[cfg(feature = "udp")]
         let d = udp.map(|(sock, arena)| smol::spawn(crate::udp::serve(inner.clone(), sock, arena)));
+        #[cfg(feature = "tls")]
+        let w = inner.tls.clone().map(|tls| smol::spawn(tls.watch()));
         inner.shutdown.wait().await;
         t.cancel().await;
-        u.cancel().await;
+        if let Some(u) = u {
+            u.cancel().await;
+        }
         #[cfg(feature = "udp")]
         if let Some(d) = d {
             d.cancel().await;
+        }
+        #[cfg(feature = "tls")]
+        if let Some(w) = w {
+            w.cancel().await;
         }
         if let Some(s) = inner.current() {
             s.close();
@@ -213,38 +336,63 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
                 continue;
             }
         };
-        if inner.pending.load(Relaxed) >= MAX_PENDING {
-            inner.stats.bad_peers.fetch_add(1, Relaxed);
-            log::debug!("tunnel: {peer} dropped, {MAX_PENDING} handshakes already pending");
-            continue;
-        }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(tunnel_conn(inner.clone(), s, peer)).detach();
+        // Registered here, not in the task: a burst is accepted before any task runs.
+        let (evict, evicted) = bounded::<()>(1);
+        let id = {
+            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.q.len() >= MAX_PENDING {
+                p.q.pop_front();
+            }
+            p.next += 1;
+            let id = p.next;
+            p.q.push_back((id, evict));
+            id
+        };
+        smol::spawn(tunnel_conn(inner.clone(), s, peer, id, evicted)).detach();
     }
 }
 
-/// Counts one pending handshake while alive.
-struct Pending<'a>(&'a AtomicUsize);
+/// Removes one handshake from the pending table when it ends (if not evicted already).
+struct Pending<'a>(&'a Mutex<PendingTable>, u64);
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = p.q.iter().position(|(id, _)| *id == self.1) {
+            p.q.remove(i);
+        }
     }
 }
 
-async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    inner.pending.fetch_add(1, Relaxed);
-    let pending = Pending(&inner.pending);
+/// `id` is this connection's entry in `inner.pending` (see `accept_tunnel`); `evicted`
+/// closes when a newer connection pushed it out.
+async fn tunnel_conn(
+    inner: Arc<Inner>,
+    s: Async<TcpStream>,
+    peer: SocketAddr,
+    id: u64,
+    evicted: Receiver<()>,
+) {
+    let pending = Pending(&inner.pending, id);
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
-        let mut conn = Conn::Plain(s);
-        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, 0, None).await?;
+        #[cfg(feature = "tls")]
+        let handle = inner.tls.as_ref();
+        #[cfg(not(feature = "tls"))]
+        let handle: Option<&TlsHandle> = None;
+        let (mut conn, tls, fp) = transport(handle, s, &mut lines).await?;
+        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, tls, fp).await?;
         Ok((conn, hello))
     };
     let res = shake
         .or(async {
             Timer::after(timeout).await;
             Err(Error::Timeout("handshake"))
+        })
+        .or(async {
+            let _ = evicted.recv().await;
+            Err(Error::Proto(ProtoError::Unexpected(EVICTED)))
         })
         .await;
     drop(pending);
@@ -254,6 +402,15 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             // Port probes and health checks connect and leave without a byte: not worth a warning.
             inner.stats.bad_peers.fetch_add(1, Relaxed);
             log::debug!("tunnel: {peer} closed before authenticating");
+            return;
+        }
+        Err(Error::Proto(ProtoError::NeedTls(mode))) => {
+            log::debug!("tunnel: {peer} spoke plaintext; told it to use tls={mode}");
+            return;
+        }
+        Err(Error::Proto(ProtoError::Unexpected(EVICTED))) => {
+            inner.stats.bad_peers.fetch_add(1, Relaxed);
+            log::debug!("tunnel: {peer} {EVICTED}");
             return;
         }
         Err(e) => {
@@ -280,18 +437,64 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
             if send(&mut conn, &Signal::Pooled { id }).await.is_err() {
                 return;
             }
-            if sess.idle_tx.try_send(PoolConn { id, conn }).is_ok() {
-                inner.stats.pool_idle.store(sess.idle_tx.len(), Relaxed);
+            if let Some(egress) = &inner.egress {
+                // Forward flow: the client takes this connection for a user; wait for its
+                // opening line here and dial the target.
+                let proto = (!inner.cfg.notcp, crate::udp_enabled(&inner.cfg));
+                client::watch(egress, conn, lines, id, &sess.end, proto, || {}).await;
+            } else if sess.offer(PoolConn { id, conn }) {
+                inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
             }
         }
     }
 }
 
+/// The transport of a tunnel-port connection: plain TCP for tls=0. For tls=1 and tls=2, a TLS
+/// accept when the first byte is a TLS record; otherwise the peer is a client that has not
+/// learned our mode yet: its plaintext `hello` gets `tls <mode>` and the connection ends
+/// (returned as [`ProtoError::NeedTls`]). Returns the connection, its mode and the fingerprint
+/// of the certificate it was accepted with.
+pub(crate) async fn transport(
+    tls: Option<&TlsHandle>,
+    s: Async<TcpStream>,
+    lines: &mut LineReader,
+) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = tls {
+        let mut first = [0u8; 1];
+        if s.peek(&mut first).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if first[0] == TLS_HANDSHAKE_RECORD {
+            let (conn, fp) = tls.accept(s).await?;
+            return Ok((conn, tls.mode(), Some(fp)));
+        }
+        let mut conn = Conn::Plain(s);
+        return match lines.next(&mut conn).await? {
+            Signal::Hello { .. } => {
+                send(&mut conn, &Signal::UseTls { mode: tls.mode() }).await?;
+                Err(ProtoError::NeedTls(tls.mode()).into())
+            }
+            _ => Err(ProtoError::Unexpected("expected hello or a TLS ClientHello").into()),
+        };
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = (tls, lines);
+    Ok((Conn::Plain(s), 0, None))
+}
+
+/// The server side of TLS on a listening port (`ServerTls`; nothing without the feature).
+#[cfg(feature = "tls")]
+pub(crate) type TlsHandle = Arc<ServerTls>;
+/// The server side of TLS on a listening port (`ServerTls`; nothing without the feature).
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsHandle = ();
+
 async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer: SocketAddr) {
     let sess = Session::new(inner.cfg.max);
     let sig = Signal::Session {
         sid: sess.sid,
-        forward: false,
+        forward: inner.egress.is_some(),
         max: inner.cfg.max as u32,
         tcp: !inner.cfg.notcp,
         udp: crate::udp_enabled(&inner.cfg),
@@ -354,12 +557,8 @@ struct Taker {
 impl Taker {
     /// Close up to `n` idle pool connections, oldest first; never one in use.
     fn trim(&self, n: usize) {
-        for _ in 0..n {
-            if self.sess.idle_rx.try_recv().is_err() {
-                break;
-            }
-        }
-        self.stats.pool_idle.store(self.sess.idle_tx.len(), Relaxed);
+        self.sess.trim(n);
+        self.stats.pool_idle.store(self.sess.idle_len(), Relaxed);
     }
 }
 
@@ -379,7 +578,8 @@ impl Handler for Taker {
     }
 }
 
-async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
+/// Accept users and carry each on a pool connection of the current session.
+pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
     let mut errors = 0u32;
     loop {
         let (s, peer) = match l.accept().await {
@@ -403,7 +603,9 @@ async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
             continue;
         }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(user_conn(inner.clone(), s, peer)).detach();
+        // Counted here, not in the task: a burst is accepted before any task runs.
+        let active = ActiveGuard::new(&inner.stats, false);
+        smol::spawn(user_conn(inner.clone(), s, peer, active)).detach();
     }
 }
 
@@ -435,8 +637,7 @@ pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
     }
 }
 
-async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
-    let _active = ActiveGuard::new(&inner.stats, false);
+async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _active: ActiveGuard) {
     let wait = inner.cfg.tuning.pool_get_timeout;
     let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
     else {

@@ -177,7 +177,7 @@ pub(crate) async fn serve_client(
 }
 
 /// A UDP socket connected to the next target, round robin, skipping those that fail.
-async fn dial(inner: &client::Inner) -> Result<Async<UdpSocket>> {
+pub(crate) async fn dial(inner: &client::Inner) -> Result<Async<UdpSocket>> {
     let targets: &[HostPort] = &inner.cfg.targets;
     let start = inner.next_udp.fetch_add(1, Relaxed);
     let mut last = Error::Timeout("no target");

@@ -73,7 +73,7 @@ impl Visit {
             .clone()
             .ok_or(Error::Proto(ProtoError::Unexpected("visit needs name=")))?;
         Ok(Visit {
-            inner: Arc::new(Inner::new(cfg, stats, (arena, udp_arena), shutdown)),
+            inner: Arc::new(Inner::new(cfg, stats, (arena, udp_arena), shutdown)?),
             name,
             listener,
             #[cfg(feature = "udp")]
@@ -153,14 +153,14 @@ impl Visit {
 
 /// Dial the relay and authenticate as a visitor (switching to the relay's TLS mode if told).
 async fn dial_relay(inner: &Inner) -> Result<(Conn, LineReader)> {
-    match client::open(inner, Kind::Connect, None).await {
+    match client::open(inner, inner.tls.load(Relaxed), Kind::Connect, None).await {
         Err(Error::Proto(ProtoError::NeedTls(mode))) => {
             log::info!(
                 "visit: relay {} uses tls={mode}; switching",
                 inner.cfg.tunnel
             );
             inner.tls.store(mode, Relaxed);
-            client::open(inner, Kind::Connect, None).await
+            client::open(inner, mode, Kind::Connect, None).await
         }
         r => r,
     }

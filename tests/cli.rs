@@ -3,171 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use common::bin::*;
 use common::*;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::Async;
 
-const BIN: &str = env!("CARGO_BIN_EXE_edgepass");
-
 /// The binary's default `SHUTDOWN_TIMEOUT`.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A child process that is killed if the test ends early, so none outlives it.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl Child {
-    /// Wait at most `bound` for the process to exit; returns its exit code.
-    fn exit_within(&mut self, bound: Duration) -> Option<i32> {
-        let deadline = Instant::now() + bound;
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return Some(status.code().expect("killed by a signal"));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Send SIGTERM through kill(1): the tests add no crates.
-    fn term(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(ok.success(), "kill -TERM failed");
-    }
-}
-
-/// The binary with `args` and an environment of `env` only (nothing inherited that could
-/// change its behaviour); stdin closed, stdout and stderr piped.
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// Run to completion within 5 s; returns (exit code, stdout, stderr).
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut child = Child(command(args, env).spawn().expect("spawn edgepass"));
-    let code = child
-        .exit_within(Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("{args:?} still running after 5 s"));
-    // It has exited: the pipes hold everything it wrote and then EOF.
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut p) = child.0.stdout.take() {
-        p.read_to_string(&mut out).expect("stdout");
-    }
-    if let Some(mut p) = child.0.stderr.take() {
-        p.read_to_string(&mut err).expect("stderr");
-    }
-    (code, out, err)
-}
-
-/// Start a role; its stderr lines arrive on the receiver (read by a thread, so a chatty log
-/// can never fill the pipe and stall the process).
-fn spawn(url: &str, env: &[(&str, &str)]) -> (Child, Receiver<String>) {
-    let mut c = command(&[url], env);
-    c.stdout(Stdio::null());
-    let mut child = c.spawn().expect("spawn edgepass");
-    let stderr = child.stderr.take().expect("stderr pipe");
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        // Keeps draining after the receiver is gone: a closed stderr would make the process
-        // panic at its next log line (eprintln! on EPIPE).
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (Child(child), rx)
-}
-
-/// The first stderr line containing `needle`, waiting at most [`WAIT`].
-fn wait_line(rx: &Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no stderr line with {needle:?}: {e}"),
-        }
-    }
-}
-
-/// Whether a stderr line containing `needle` arrives within [`WAIT`] (until the pipe closes).
-fn wait_line_opt(rx: &Receiver<String>, needle: &str) -> bool {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-}
-
-/// `... server: tunnel on A, users on B` -> (A, B).
-fn server_addrs(line: &str) -> (SocketAddr, SocketAddr) {
-    let at = line.find("tunnel on ").expect("tunnel on") + "tunnel on ".len();
-    let (tunnel, users) = line[at..].split_once(", users on ").expect("users on");
-    (
-        tunnel.trim().parse().expect("tunnel addr"),
-        users
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .parse()
-            .expect("users addr"),
-    )
-}
-
-/// A server and a client binary with a warm pool, forwarding to `target`.
-struct Binaries {
-    server: Child,
-    slog: Receiver<String>,
-    client: Child,
-    tunnel: SocketAddr,
-    public: SocketAddr,
-}
-
-/// A server and a client binary forwarding to `target`, with the session up.
-fn binaries(target: SocketAddr, env: &[(&str, &str)]) -> Binaries {
-    let (server, slog) = spawn("server://s3cret@127.0.0.1:0/127.0.0.1:0?log=info", env);
-    let (tunnel, public) = server_addrs(&wait_line(&slog, "server: tunnel on"));
-    let (client, clog) = spawn(&format!("client://s3cret@{tunnel}/{target}?log=info"), env);
-    wait_line(&clog, "session up");
-    wait_line(&slog, "session up");
-    Binaries {
-        server,
-        slog,
-        client,
-        tunnel,
-        public,
-    }
-}
 
 /// Connect attempts to `addr` until one is refused (a closed listener), within 5 s.
 async fn wait_refused(addr: SocketAddr) {
@@ -275,6 +120,7 @@ fn sigterm_stops_accepting_and_lets_a_transfer_finish() {
             mut client,
             tunnel,
             public,
+            ..
         } = binaries(target, &[]);
 
         const HALF: usize = 512 * 1024;

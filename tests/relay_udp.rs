@@ -224,3 +224,18 @@ fn noudp_turns_udp_off_on_either_end() {
         assert_eq!(recv(&u, &mut buf, Duration::from_millis(100)).await, None);
     });
 }
+
+#[cfg(feature = "tls")]
+#[test]
+fn udp_crosses_a_tls_relay() {
+    smol::block_on(async {
+        let (target, _echo) = udp_echo();
+        // The visitor learns tls=1 on its first flow's dial and retries in TLS.
+        let s = setup(target, ("&tls=1", "", "")).await;
+        let u = user(s.local);
+        for (i, len) in [1usize, 1400, 65_507].into_iter().enumerate() {
+            echo(&u, &pattern(len, 50 + i as u32), "through TLS").await;
+        }
+        assert_eq!(open(&s.relay.stats), 1, "one UDP circuit");
+    });
+}

@@ -25,7 +25,10 @@ pub(super) fn err(part: &str, reason: &'static str) -> ConfigError {
             out.push(c);
         }
     }
-    ConfigError { part: out, reason }
+    ConfigError {
+        part: out,
+        reason: reason.into(),
+    }
 }
 
 /// The URL user part: percent-decoded, non-empty.

@@ -23,7 +23,13 @@ const MIN_REFRESH: Duration = Duration::from_millis(500);
 /// Reserve `name` on the relay and keep the reservation until it ends.
 pub(crate) async fn session(inner: &Arc<client::Inner>, name: &str) -> Result<End> {
     let relay = &inner.cfg.tunnel;
-    let (mut conn, mut lines) = client::open(inner, Kind::Reserve, None).await?;
+    let (mut conn, mut lines) = client::open(
+        inner,
+        inner.tls.load(std::sync::atomic::Ordering::Relaxed),
+        Kind::Reserve,
+        None,
+    )
+    .await?;
     let device = inner.device;
     send(&mut conn, &Signal::Reserve { name, device }).await?;
     let reply = async {
@@ -58,6 +64,7 @@ pub(crate) async fn session(inner: &Arc<client::Inner>, name: &str) -> Result<En
         sid,
         max as usize,
         (true, true),
+        None,
         |pool| Refresher {
             pool,
             every,

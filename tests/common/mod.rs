@@ -1,6 +1,10 @@
 //! Shared test harness: echo targets on 127.0.0.1:0 and tunnels run in-process.
 #![allow(dead_code)]
 
+pub mod bin;
+pub mod hostile;
+pub mod procfs;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +65,12 @@ pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 
 /// A TCP echo server on 127.0.0.1:0: echoes until EOF, then half-closes.
 pub fn echo_server() -> (SocketAddr, Task<()>) {
-    let l = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind echo");
+    echo_server_at(([127, 0, 0, 1], 0).into())
+}
+
+/// [`echo_server`] on `addr`.
+pub fn echo_server_at(addr: SocketAddr) -> (SocketAddr, Task<()>) {
+    let l = Async::<TcpListener>::bind(addr).expect("bind echo");
     let addr = l.get_ref().local_addr().expect("addr");
     let task = smol::spawn(async move {
         loop {
@@ -109,10 +118,16 @@ pub async fn start(url: &str) -> Running {
 
 /// Bind and start a role from a URL and environment variables.
 pub async fn start_env(url: &str, env: &[(&str, &str)]) -> Running {
+    start_cfg(cfg_env(url, env)).await
+}
+
+/// Bind and start a role from a parsed configuration.
+pub async fn start_cfg(cfg: Config) -> Running {
     let stop = Shutdown::new();
-    let node = edgepass::bind(cfg_env(url, env), stop.clone())
+    let what = format!("{:?} {}", cfg.role, cfg.tunnel);
+    let node = edgepass::bind(cfg, stop.clone())
         .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     Running {
         tunnel: node.tunnel_addr(),
         public: node.public_addr(),

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Open OpenWrt packages built by build-ipk.sh / build-apk.sh and check them.
+#
+#   openwrt/check-package.sh [--no-smoke] [--server BIN] PACKAGE...
+#
+# For each package:
+#   1. layout, control fields, architecture, conffiles, file modes and the ELF header of the
+#      binary (check_package.py; .apk contents need apk-tools v3's `apk`);
+#   2. the init script: sh syntax, procd (USE_PROCD, procd_open_instance,
+#      procd_set_param command / respawn, procd_close_instance, config_foreach), and a run of
+#      its start_service against stub UCI/procd functions: shipped config -> no instance;
+#      every section enabled -> one instance per section, each `edgepass URL`;
+#   3. the UCI file ships every section disabled;
+#   4. the packaged binary runs under qemu-<arch> (`--version`) and, when a host server
+#      binary exists (--server, default dist/x86_64-unknown-linux-musl/edgepass), passes
+#      cross/smoke.sh as the tunnel client.
+# Exit status 0 when every package passed.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=openwrt/pkg-common.sh
+. "$here/pkg-common.sh"
+
+smoke=1
+server="$repo_root/dist/x86_64-unknown-linux-musl/edgepass"
+pkgs=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-smoke) smoke=0; shift ;;
+        --server) server=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        *) pkgs+=("$1"); shift ;;
+    esac
+done
+[ ${#pkgs[@]} -gt 0 ] || { echo "usage: $0 [--no-smoke] [--server BIN] PACKAGE..." >&2; exit 2; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/edgepass-check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+fails=0
+ok() { echo "ok   $*"; }
+bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+
+# Stub versions of OpenWrt's config_* (functions.sh) and procd_* (procd.sh) helpers, enough
+# to run start_service and record the instances it asks procd for.
+init_harness() {
+    local init=$1 uci_vars=$2
+    sh -c '
+        set -e
+        . "$1"
+        config_load() { :; }
+        config_get() {
+            eval "__v=\${CONFIG_$2_$3-}"
+            [ -n "$__v" ] || __v=${4-}
+            eval "$1=\$__v"
+        }
+        config_get_bool() {
+            config_get "$1" "$2" "$3" "${4-0}"
+            eval "__v=\$$1"
+            case "$__v" in
+                1|on|true|yes|enabled) eval "$1=1" ;;
+                0|off|false|no|disabled) eval "$1=0" ;;
+                *) eval "$1=${4-0}" ;;
+            esac
+        }
+        config_foreach() {
+            __fn=$1 __type=$2
+            for __s in $CONFIG_SECTIONS; do
+                eval "__t=\$CONFIG_${__s}_TYPE"
+                [ "$__t" = "$__type" ] && "$__fn" "$__s"
+            done
+            return 0
+        }
+        procd_open_instance() { echo "open ${1-}"; }
+        procd_set_param() { __k=$1; shift; printf "param %s" "$__k"; printf " [%s]" "$@"; echo; }
+        procd_close_instance() { echo close; }
+        procd_add_reload_trigger() { :; }
+        . "$2"
+        start_service
+    ' harness "$uci_vars" "$init"
+}
+
+check_init_and_config() {
+    local root=$1 init="$1/etc/init.d/edgepass" uci="$1/etc/config/edgepass"
+    if sh -n "$init"; then ok "init script parses (sh -n)"; else bad "init script has a syntax error"; fi
+    local f
+    for f in 'USE_PROCD=1' 'procd_open_instance' 'procd_set_param command' \
+             'procd_set_param respawn' 'procd_close_instance' 'config_foreach' \
+             'procd_add_reload_trigger'; do
+        if grep -q "$f" "$init"; then ok "init script uses $f"; else bad "init script lacks $f"; fi
+    done
+    head -n 1 "$init" | grep -q '^#!/bin/sh /etc/rc.common' && ok "init script runs under /etc/rc.common" \
+        || bad "init script shebang is not '#!/bin/sh /etc/rc.common'"
+
+    python3 "$here/check_package.py" uci-to-sh "$uci" > "$work/uci.sh" || { bad "UCI file does not parse"; return; }
+    local sections nsections
+    sections=$(sed -n "s/^CONFIG_\(.*\)_TYPE=tunnel$/\1/p" "$work/uci.sh")
+    nsections=$(echo "$sections" | grep -c .)
+    [ "$nsections" -gt 0 ] && ok "UCI file has $nsections tunnel sections" || bad "UCI file has no tunnel section"
+    local s
+    for s in $sections; do
+        grep -qx "CONFIG_${s}_enabled=0" "$work/uci.sh" && ok "section $s ships disabled" \
+            || bad "section $s does not ship with enabled '0'"
+    done
+
+    local out
+    out=$(init_harness "$init" "$work/uci.sh" 2>&1) || { bad "start_service failed: $out"; return; }
+    [ -z "$(echo "$out" | grep '^open')" ] && ok "shipped config starts no instance" \
+        || bad "shipped config starts instances: $out"
+
+    sed 's/^\(CONFIG_[A-Za-z0-9_]*_enabled\)=.*/\1=1/' "$work/uci.sh" > "$work/uci-on.sh"
+    out=$(init_harness "$init" "$work/uci-on.sh" 2>&1) || { bad "start_service (all enabled) failed: $out"; return; }
+    local opened commands respawns
+    opened=$(echo "$out" | grep -c '^open ')
+    commands=$(echo "$out" | grep -cE '^param command \[/usr/bin/edgepass\] \[(server|client|relay|visit)://[^]]+\]$')
+    respawns=$(echo "$out" | grep -c '^param respawn ')
+    if [ "$opened" = "$nsections" ] && [ "$commands" = "$nsections" ] && [ "$respawns" = "$nsections" ]; then
+        ok "all enabled: $opened instances, one per section, each 'edgepass URL' with respawn"
+        echo "$out" | sed -n 's/^param command /     /p'
+    else
+        bad "all enabled: $opened instances, $commands well-formed commands, $respawns respawns for $nsections sections"
+        echo "$out" | sed 's/^/     /'
+    fi
+}
+
+run_binary() {
+    local root=$1 arch=$2 triple runner out
+    triple=$(triple_for_arch "$arch") || { bad "no Rust target known for $arch"; return; }
+    case "$triple" in
+        x86_64-*) runner= ;;
+        aarch64-*) runner=qemu-aarch64 ;;
+        arm*) runner=qemu-arm ;;
+        mipsel-*) runner=qemu-mipsel ;;
+        mips-*) runner=qemu-mips ;;
+    esac
+    if out=$(timeout 60 $runner "$root/usr/bin/edgepass" --version 2>&1) && [[ "$out" == edgepass* ]]; then
+        ok "packaged binary runs under ${runner:-the host}: $out"
+    else
+        bad "packaged binary did not run under ${runner:-the host}: $out"; return
+    fi
+    [ "$smoke" = 1 ] || return 0
+    if [ ! -x "$server" ]; then
+        echo "skip smoke test: no host server binary at $server"; return 0
+    fi
+    mkdir -p "$work/dist/$triple"
+    cp "$root/usr/bin/edgepass" "$work/dist/$triple/edgepass"
+    if "$repo_root/cross/smoke.sh" --dist "$work/dist" --server "$server" "$triple" | sed 's/^/     /'; then
+        ok "packaged binary passes the tunnel smoke test"
+    else
+        bad "packaged binary fails the tunnel smoke test"
+    fi
+    rm -rf "$work/dist"
+}
+
+for pkg in "${pkgs[@]}"; do
+    echo "==> $pkg"
+    dest="$work/pkg"; rm -rf "$dest"; mkdir -p "$dest"
+    if [ ! -f "$pkg" ]; then bad "no such file"; continue; fi
+    python3 "$here/check_package.py" "$pkg" "$dest" || fails=$((fails + 1))
+    if [[ "$pkg" == *.apk ]]; then
+        if ! command -v apk >/dev/null || ! apk --version 2>/dev/null | grep -q 'apk-tools 3'; then
+            bad "cannot open $pkg: apk-tools v3 is not installed"; continue
+        fi
+        apk adbdump "$pkg" > "$dest/adbdump.txt" 2>&1 && ok "apk adbdump reads it" || bad "apk adbdump failed"
+        grep -q "name: edgepass" "$dest/adbdump.txt" && ok "apk info name: edgepass" || bad "apk info lacks name: edgepass"
+        arch=$(sed -n 's/^ *arch: //p' "$dest/adbdump.txt" | head -n 1)
+        mkdir -p "$dest/root"
+        apk extract --allow-untrusted --destination "$dest/root" "$pkg" >/dev/null 2>&1 \
+            && ok "apk extract" || { bad "apk extract failed"; continue; }
+    else
+        arch=$(sed -n 's/^Architecture: //p' "$dest/control")
+    fi
+    [ -d "$dest/root/etc" ] || { bad "nothing extracted"; continue; }
+    check_init_and_config "$dest/root"
+    run_binary "$dest/root" "$arch"
+done
+
+if [ "$fails" -gt 0 ]; then
+    echo "check-package: $fails check(s) FAILED"
+    exit 1
+fi
+echo "check-package: all checks passed for ${#pkgs[@]} package(s)"

@@ -1,0 +1,79 @@
+# Shared by build-ipk.sh, build-apk.sh and check-package.sh (sourced, not run).
+# shellcheck shell=bash
+
+PKG_NAME=edgepass
+PKG_SECTION=net
+PKG_LICENSE="MIT Apache-2.0"
+PKG_DESCRIPTION="Tiny, fast and secure TCP/UDP tunnel and relay for routers and IoT devices."
+
+openwrt_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$openwrt_dir/.." && pwd)
+
+# OpenWrt package architecture (ARCH_PACKAGES) for a Rust target triple.
+# A static binary has no shared libraries whose ABI must match, so one build serves every
+# OpenWrt arch that can execute its instructions; these are the common ones.
+openwrt_arch() {
+    case "$1" in
+        x86_64-unknown-linux-musl) echo x86_64 ;;
+        aarch64-unknown-linux-musl) echo aarch64_cortex-a53 ;;     # also runs on aarch64_generic
+        armv7-unknown-linux-musleabihf) echo arm_cortex-a7_neon-vfpv4 ;;
+        arm-unknown-linux-musleabi) echo arm_arm1176jzf-s_vfp ;;   # ARMv6 soft-float code; also arm_mpcore
+        mipsel-unknown-linux-musl) echo mipsel_24kc ;;
+        mips-unknown-linux-musl) echo mips_24kc ;;
+        *) return 1 ;;
+    esac
+}
+
+# The reverse, for the checks: which Rust triple (and so which qemu) an OpenWrt arch means.
+triple_for_arch() {
+    case "$1" in
+        x86_64) echo x86_64-unknown-linux-musl ;;
+        aarch64_*) echo aarch64-unknown-linux-musl ;;
+        arm_cortex-a*) echo armv7-unknown-linux-musleabihf ;;
+        arm_*) echo arm-unknown-linux-musleabi ;;
+        mipsel_*) echo mipsel-unknown-linux-musl ;;
+        mips_*) echo mips-unknown-linux-musl ;;
+        *) return 1 ;;
+    esac
+}
+
+# PKG_VERSION-rPKG_RELEASE, as OpenWrt writes it: version from Cargo.toml, release from
+# openwrt/Makefile.
+default_version() {
+    local v r
+    v=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$repo_root/Cargo.toml" | head -n 1)
+    r=$(sed -n 's/^PKG_RELEASE:=//p' "$openwrt_dir/Makefile" | head -n 1)
+    echo "$v-r${r:-1}"
+}
+
+# Lays out the installed files under $1 with OpenWrt's modes; $2 is the binary.
+stage_root() {
+    local root=$1 binary=$2
+    install -d -m 0755 "$root/usr/bin" "$root/etc/init.d" "$root/etc/config"
+    install -m 0755 "$binary" "$root/usr/bin/edgepass"
+    install -m 0755 "$openwrt_dir/files/edgepass.init" "$root/etc/init.d/edgepass"
+    install -m 0644 "$openwrt_dir/files/edgepass.config" "$root/etc/config/edgepass"
+}
+
+# Package scripts in the shape OpenWrt's include/package-pack.mk generates: do nothing in an
+# offline root without base-files, else hand over to default_postinst / default_prerm
+# (which enable+start, or stop+disable, every /etc/init.d script the package installs).
+write_postinst() {
+    cat > "$1" <<'SCRIPT'
+#!/bin/sh
+[ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0
+[ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
+. "${IPKG_INSTROOT}/lib/functions.sh"
+default_postinst "$0" "$@"
+SCRIPT
+    chmod 0755 "$1"
+}
+write_prerm() {
+    cat > "$1" <<'SCRIPT'
+#!/bin/sh
+[ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
+. "${IPKG_INSTROOT}/lib/functions.sh"
+default_prerm "$0" "$@"
+SCRIPT
+    chmod 0755 "$1"
+}

@@ -1,0 +1,63 @@
+//! Process figures from /proc (resident memory, open descriptors) and the open-files limit.
+
+use std::process::Command;
+
+/// `VmRSS` of process `pid` ("self" for this one) in KiB, or 0 if it cannot be read.
+pub fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of process `pid` ("self" for this one).
+pub fn open_fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// This process's (soft, hard) open-files limit.
+pub fn nofile() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or("");
+    let mut v = line
+        .split_whitespace()
+        .skip(3)
+        .map(|x| x.parse::<u64>().unwrap_or(u64::MAX));
+    (v.next().unwrap_or(1024), v.next().unwrap_or(1024))
+}
+
+/// Try to raise this process's open-files limit to `want` (soft and hard) with util-linux
+/// `prlimit` (the tests add no crates). Raising the hard limit needs root or
+/// CAP_SYS_RESOURCE; otherwise the soft limit goes up to the hard one. Children started after
+/// this inherit it. Returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    let (soft, hard) = nofile();
+    if soft >= want {
+        return soft;
+    }
+    let me = std::process::id().to_string();
+    let set = |v: String| {
+        Command::new("prlimit")
+            .args(["--pid", &me, &format!("--nofile={v}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !set(format!("{want}:{}", want.max(hard))) {
+        set(format!("{}:{hard}", want.min(hard)));
+    }
+    nofile().0
+}
+
+/// How many connections fit in the open-files limit when each costs `per` descriptors here,
+/// keeping `spare` for everything else; at most `want`.
+pub fn fd_budget(want: usize, per: usize, spare: usize) -> usize {
+    let soft = nofile().0.min(usize::MAX as u64) as usize;
+    want.min(soft.saturating_sub(spare) / per.max(1))
+}
