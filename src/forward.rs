@@ -21,7 +21,7 @@ use crate::net;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::stream::Conn;
-use crate::util::{accept_backoff, RateLimit};
+use crate::util::{accept_next, RateLimit};
 
 /// A bound single-end forwarder.
 pub struct Forward {
@@ -104,16 +104,7 @@ impl Forward {
 async fn accept(inner: Arc<Inner>, l: Async<TcpListener>, refusals: RateLimit) {
     let mut errors = 0u32;
     loop {
-        let (s, peer) = match l.accept().await {
-            Ok(x) => {
-                errors = 0;
-                x
-            }
-            Err(e) => {
-                accept_backoff("forward", &e, &mut errors).await;
-                continue;
-            }
-        };
+        let (s, peer) = accept_next("forward", &l, &mut errors).await;
         if inner.cfg.notcp {
             continue;
         }

@@ -34,7 +34,7 @@ use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::Stats;
 use crate::stream::Conn;
-use crate::util::{accept_backoff, RateLimit};
+use crate::util::{accept_next, RateLimit};
 use stats::ConnGuard;
 pub use stats::RelayStats;
 use table::{Idle, Limits, Reservation, Table};
@@ -179,16 +179,7 @@ async fn report(inner: Arc<Inner>) {
 async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
     let mut errors = 0u32;
     loop {
-        let (s, peer) = match l.accept().await {
-            Ok(x) => {
-                errors = 0;
-                x
-            }
-            Err(e) => {
-                accept_backoff("relay", &e, &mut errors).await;
-                continue;
-            }
-        };
+        let (s, peer) = accept_next("relay", &l, &mut errors).await;
         let limit = inner.cfg.relay.max_conns;
         if inner.rstats.conns.load(Relaxed) >= limit {
             inner.rstats.refuse(201);

@@ -32,7 +32,7 @@ use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
 #[cfg(feature = "tls")]
 use crate::tls::ServerTls;
-use crate::util::{accept_backoff, RateLimit};
+use crate::util::{accept_next, RateLimit};
 
 /// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
 /// never does.
@@ -326,16 +326,7 @@ impl Server {
 async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
     let mut errors = 0u32;
     loop {
-        let (s, peer) = match l.accept().await {
-            Ok(x) => {
-                errors = 0;
-                x
-            }
-            Err(e) => {
-                accept_backoff("tunnel", &e, &mut errors).await;
-                continue;
-            }
-        };
+        let (s, peer) = accept_next("tunnel", &l, &mut errors).await;
         let _ = s.get_ref().set_nodelay(true);
         // Registered here, not in the task: a burst is accepted before any task runs.
         let (evict, evicted) = bounded::<()>(1);
@@ -582,16 +573,7 @@ impl Handler for Taker {
 pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
     let mut errors = 0u32;
     loop {
-        let (s, peer) = match l.accept().await {
-            Ok(x) => {
-                errors = 0;
-                x
-            }
-            Err(e) => {
-                accept_backoff("public", &e, &mut errors).await;
-                continue;
-            }
-        };
+        let (s, peer) = accept_next("public", &l, &mut errors).await;
         if inner.cfg.notcp {
             continue;
         }

@@ -1,10 +1,11 @@
 //! Small shared pieces: accept-error backoff, reconnect backoff with jitter, log rate limiting.
 
 use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use smol::Timer;
+use smol::{Async, Timer};
 
 /// Longest pause after repeated accept errors (for example EMFILE).
 const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
@@ -18,6 +19,24 @@ pub async fn accept_backoff(what: &str, e: &io::Error, errors: &mut u32) {
     let pause = Duration::from_millis(10u64 << (*errors).min(7)).min(MAX_ACCEPT_PAUSE);
     log::warn!("{what}: accept failed: {e}; pausing {pause:?}");
     Timer::after(pause).await;
+}
+
+/// The next connection from `l`. Accept errors are logged and backed off (see
+/// [`accept_backoff`]) until one succeeds; `errors` counts the failures in a row.
+pub async fn accept_next(
+    what: &str,
+    l: &Async<TcpListener>,
+    errors: &mut u32,
+) -> (Async<TcpStream>, SocketAddr) {
+    loop {
+        match l.accept().await {
+            Ok(x) => {
+                *errors = 0;
+                return x;
+            }
+            Err(e) => accept_backoff(what, &e, errors).await,
+        }
+    }
 }
 
 /// The next reconnect delay: `base * 2^attempt`, capped at [`MAX_BACKOFF`], with ±25% jitter so

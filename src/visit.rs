@@ -33,7 +33,7 @@ use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
-use crate::util::{accept_backoff, RateLimit};
+use crate::util::{accept_next, RateLimit};
 
 /// A bound visitor, ready to run.
 pub struct Visit {
@@ -120,16 +120,7 @@ impl Visit {
         let mut errors = 0u32;
         let accept = async {
             loop {
-                let (s, peer) = match listener.accept().await {
-                    Ok(x) => {
-                        errors = 0;
-                        x
-                    }
-                    Err(e) => {
-                        accept_backoff("visit", &e, &mut errors).await;
-                        continue;
-                    }
-                };
+                let (s, peer) = accept_next("visit", &listener, &mut errors).await;
                 if inner.stats.active() >= inner.cfg.slot {
                     inner.stats.refused.fetch_add(1, Relaxed);
                     if warn.allow() {
