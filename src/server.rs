@@ -141,20 +141,34 @@ impl Inner {
         arena: Arc<Arena>,
         shutdown: Shutdown,
     ) -> Arc<Inner> {
+        // The key is never used: the ingress authenticates nobody.
+        Inner::new(cfg, Key::new(b""), stats, arena, shutdown, None, None)
+    }
+
+    fn new(
+        cfg: Config,
+        key: Key,
+        stats: Arc<Stats>,
+        arena: Arc<Arena>,
+        shutdown: Shutdown,
+        egress: Option<Arc<client::Inner>>,
+        tls: Option<TlsHandle>,
+    ) -> Arc<Inner> {
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
         Arc::new(Inner {
             limits: Limits::new(cfg.rate),
             cfg,
-            // Never used: the ingress authenticates nobody.
-            key: Key::new(b""),
+            key,
             stats,
             arena,
             shutdown,
             session: Mutex::new(None),
             pending: Mutex::default(),
             refusals: RateLimit::new(Duration::from_secs(1)),
-            egress: None,
+            egress,
             #[cfg(feature = "tls")]
-            tls: None,
+            tls,
         })
     }
 
@@ -234,20 +248,9 @@ impl Server {
         #[cfg(not(feature = "udp"))]
         drop(udp_arena);
         let key = Key::new(&cfg.key_bytes());
-        let inner = Arc::new(Inner {
-            limits: Limits::new(cfg.rate),
-            cfg,
-            key,
-            stats,
-            arena,
-            shutdown,
-            session: Mutex::new(None),
-            pending: Mutex::default(),
-            refusals: RateLimit::new(Duration::from_secs(1)),
-            egress,
-            #[cfg(feature = "tls")]
-            tls,
-        });
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        let inner = Inner::new(cfg, key, stats, arena, shutdown, egress, tls);
         Ok(Server {
             inner,
             tunnel,
