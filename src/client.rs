@@ -63,6 +63,11 @@ struct Pool {
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
+    /// Pool connections to keep (idle plus dialing): grown at once when the pool runs dry,
+    /// shrunk by the ticks.
+    capacity: AtomicUsize,
+    /// The most `capacity` may reach.
+    max: usize,
     /// TCP forwarded: the server offers it and `notcp` is not set here.
     tcp: bool,
     /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
@@ -241,6 +246,8 @@ pub(crate) async fn run_pool<H: Handler>(
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
         used: AtomicUsize::new(0),
+        capacity: AtomicUsize::new(min),
+        max,
         tcp,
         udp,
     });
@@ -249,7 +256,6 @@ pub(crate) async fn run_pool<H: Handler>(
         pool: pool.clone(),
         min,
         max,
-        capacity: min,
         interval: inner.cfg.tuning.min_pool_interval,
         trims: 0,
     };
@@ -272,7 +278,6 @@ pub(crate) struct PoolManager {
     pool: Arc<Pool>,
     min: usize,
     max: usize,
-    capacity: usize,
     interval: Duration,
     /// Ticks until another `trim` may be sent (the previous one must take effect first).
     trims: u32,
@@ -287,7 +292,7 @@ impl Handler for PoolManager {
         let cfg = &self.inner.cfg.tuning;
         let idle = self.pool.idle.load(Relaxed);
         let used = self.pool.used.swap(0, Relaxed);
-        let cap = self.capacity;
+        let cap = self.pool.capacity.load(Relaxed);
         // NodePass's rule: tick faster while the pool runs low, slower while it is full.
         if idle * 5 < cap {
             self.interval = self
@@ -298,25 +303,46 @@ impl Handler for PoolManager {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
         // Grow when more than 80% of the pool was used this tick, shrink under 20%.
-        if used * 5 > cap * 4 {
-            self.capacity = (cap + 1).min(self.max);
+        let capacity = if used * 5 > cap * 4 {
+            (cap + 1).min(self.max)
         } else if used * 5 < cap {
-            self.capacity = cap.saturating_sub(1).max(self.min);
-        }
+            cap.saturating_sub(1).max(self.min)
+        } else {
+            cap
+        };
+        self.pool.capacity.store(capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
-        let need = self.capacity.saturating_sub(idle + dialing);
+        let need = capacity.saturating_sub(idle + dialing);
         for _ in 0..need {
             self.pool.dialing.fetch_add(1, Relaxed);
-            smol::spawn(pool_conn(self.inner.clone(), self.pool.clone())).detach();
+            crate::rt::spawn(pool_conn(self.inner.clone(), self.pool.clone())).detach();
         }
-        self.inner.stats.pool_size.store(self.capacity, Relaxed);
+        self.inner.stats.pool_size.store(capacity, Relaxed);
         self.trims = self.trims.saturating_sub(1);
-        let surplus = idle.saturating_sub(self.capacity);
+        let surplus = idle.saturating_sub(capacity);
         if surplus > 0 && self.trims == 0 {
             self.trims = 10;
             return (Some(Signal::Trim(surplus as u32)), self.interval);
         }
         (None, self.interval)
+    }
+}
+
+/// A pool connection was just taken: dial its replacement now, off the user's path, rather
+/// than at the next tick. A pool that ran dry doubles its capacity (up to `max`) so a burst
+/// finds connections waiting; the ticks shrink it back by one at a time.
+fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
+    let idle = pool.idle.load(Relaxed);
+    let mut cap = pool.capacity.load(Relaxed);
+    if idle == 0 && cap < pool.max {
+        cap = (cap * 2).clamp(1, pool.max);
+        pool.capacity.store(cap, Relaxed);
+        inner.stats.pool_size.store(cap, Relaxed);
+    }
+    let need = cap.saturating_sub(idle + pool.dialing.load(Relaxed));
+    for _ in 0..need {
+        pool.dialing.fetch_add(1, Relaxed);
+        crate::rt::spawn(pool_conn(inner.clone(), pool.clone())).detach();
     }
 }
 
@@ -373,6 +399,7 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             return;
         }
     };
+    refill(&inner, &pool);
     if (udp && !pool.udp) || (!udp && !pool.tcp) {
         let what = if udp { "UDP" } else { "TCP" };
         inner.stats.refused.fetch_add(1, Relaxed);
@@ -398,13 +425,6 @@ async fn serve_tcp(
     peer: std::net::SocketAddr,
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
-    let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
-    else {
-        inner.stats.refused.fetch_add(1, Relaxed);
-        log::warn!("client: user {peer} refused: no free buffer in {wait:?}");
-        return;
-    };
     let mut target = match dial_target(inner).await {
         Ok(t) => t,
         Err(e) => {
@@ -429,13 +449,14 @@ async fn serve_tcp(
     }
     log::debug!("client: user {peer} on pool connection {id}");
     let st = &inner.stats;
-    match copy::bidi_limited(
+    match copy::conns(
         &mut conn,
         &mut target,
-        (b1, b2),
+        &inner.arena,
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
         inner.limits.as_ref(),
+        inner.cfg.tuning.splice,
     )
     .await
     {

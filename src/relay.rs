@@ -139,8 +139,8 @@ impl Relay {
             lim.max_circuits,
             inner.ttl(),
         );
-        let a = smol::spawn(accept(inner.clone(), listener));
-        let r = smol::spawn(report(inner.clone()));
+        let a = crate::rt::spawn(accept(inner.clone(), listener));
+        let r = crate::rt::spawn(report(inner.clone()));
         inner.shutdown.wait().await;
         a.cancel().await;
         r.cancel().await;
@@ -196,7 +196,7 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
         }
         let _ = s.get_ref().set_nodelay(true);
         let guard = ConnGuard::new(&inner.rstats);
-        smol::spawn(conn(inner.clone(), s, peer, guard)).detach();
+        crate::rt::spawn(conn(inner.clone(), s, peer, guard)).detach();
     }
 }
 

@@ -182,10 +182,11 @@ impl Server {
             tunnel.get_ref().local_addr()?,
             users.get_ref().local_addr()?
         );
-        let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
-        let u = smol::spawn(accept_users(inner.clone(), users));
+        let t = crate::rt::spawn(accept_tunnel(inner.clone(), tunnel));
+        let u = crate::rt::spawn(accept_users(inner.clone(), users));
         #[cfg(feature = "udp")]
-        let d = udp.map(|(sock, arena)| smol::spawn(crate::udp::serve(inner.clone(), sock, arena)));
+        let d = udp
+            .map(|(sock, arena)| crate::rt::spawn(crate::udp::serve(inner.clone(), sock, arena)));
         inner.shutdown.wait().await;
         t.cancel().await;
         u.cancel().await;
@@ -219,7 +220,7 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
             continue;
         }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(tunnel_conn(inner.clone(), s, peer)).detach();
+        crate::rt::spawn(tunnel_conn(inner.clone(), s, peer)).detach();
     }
 }
 
@@ -403,7 +404,7 @@ async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
             continue;
         }
         let _ = s.get_ref().set_nodelay(true);
-        smol::spawn(user_conn(inner.clone(), s, peer)).detach();
+        crate::rt::spawn(user_conn(inner.clone(), s, peer)).detach();
     }
 }
 
@@ -438,14 +439,6 @@ pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
 async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     let _active = ActiveGuard::new(&inner.stats, false);
     let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
-    else {
-        inner.stats.refused.fetch_add(1, Relaxed);
-        if inner.refusals.allow() {
-            log::warn!("user {peer} refused: no free buffer in {wait:?}");
-        }
-        return;
-    };
     // No pool connection comes after a stop: give up at once rather than hold the drain.
     let stopping = async {
         inner.shutdown.wait().await;
@@ -465,13 +458,14 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr) {
     log::debug!("user {peer} on pool connection {}", pc.id);
     let mut user = Conn::Plain(s);
     let st = &inner.stats;
-    match copy::bidi_limited(
+    match copy::conns(
         &mut user,
         &mut pc.conn,
-        (b1, b2),
+        &inner.arena,
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
         inner.limits.as_ref(),
+        inner.cfg.tuning.splice,
     )
     .await
     {

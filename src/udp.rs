@@ -179,7 +179,7 @@ pub(crate) async fn serve(
         });
         lock_flows(&flows).insert(src, flow.clone());
         let task = run_flow(inner.clone(), sock.clone(), flows.clone(), flow, r, src);
-        smol::spawn(async move {
+        crate::rt::spawn(async move {
             task.await;
             drop(active);
         })
