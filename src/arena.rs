@@ -234,7 +234,7 @@ mod tests {
             assert!(a.lease(Duration::from_millis(20)).await.is_none());
             let a2 = a.clone();
             let waiter =
-                smol::spawn(async move { a2.lease(Duration::from_secs(10)).await.is_some() });
+                crate::rt::spawn(async move { a2.lease(Duration::from_secs(10)).await.is_some() });
             drop(held);
             assert!(waiter.await);
         });

@@ -121,6 +121,7 @@ ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     POOL_GET_TIMEOUT [5s]       MIN_POOL_INTERVAL [100ms]   MAX_POOL_INTERVAL [1s]
     REPORT_INTERVAL [5s]        SERVICE_COOLDOWN [3s]       SHUTDOWN_TIMEOUT [5s]
     MIN_POOL_CAPACITY [4]       MAX_POOL_CAPACITY [64]      (defaults of min and max)
+    TCP_SPLICE [1]              (0: copy plain TCP through user-space buffers, not splice(2))
 
 EXIT CODES:
     0 success (or stopped by a signal), 1 runtime failure, 2 bad usage or configuration

@@ -75,8 +75,11 @@ struct Pool {
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
-    /// The pool size the manager aims at (reverse flow refills up to it at once).
+    /// Pool connections to keep (idle plus dialing): grown at once when the pool runs dry,
+    /// shrunk by the ticks.
     capacity: AtomicUsize,
+    /// The most `capacity` may reach.
+    max: usize,
     /// TCP forwarded: the server offers it and `notcp` is not set here.
     tcp: bool,
     /// UDP forwarded: the server offers it, `noudp` is not set here, and this build has it.
@@ -301,7 +304,7 @@ async fn ingress(inner: &Arc<Inner>) -> Result<Arc<server::Inner>> {
             let (users, sock) =
                 crate::udp::bind_beside(users, at, inner.cfg.tuning.dial_timeout).await?;
             let (ing, arena, stop) = (ing.clone(), arena.clone(), inner.shutdown.clone());
-            smol::spawn(async move {
+            crate::rt::spawn(async move {
                 crate::udp::serve(ing, Arc::new(sock), arena)
                     .or(stop.wait())
                     .await
@@ -316,7 +319,8 @@ async fn ingress(inner: &Arc<Inner>) -> Result<Arc<server::Inner>> {
         users.get_ref().local_addr()?
     );
     let (ing2, stop) = (ing.clone(), inner.shutdown.clone());
-    smol::spawn(async move { server::accept_users(ing2, users).or(stop.wait()).await }).detach();
+    crate::rt::spawn(async move { server::accept_users(ing2, users).or(stop.wait()).await })
+        .detach();
     *slot = Some(ing.clone());
     Ok(ing)
 }
@@ -358,18 +362,18 @@ pub(crate) async fn run_pool<H: Handler>(
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
         used: AtomicUsize::new(0),
+        capacity: AtomicUsize::new(min),
+        max,
         tcp,
         udp,
         queue,
         offered: AtomicUsize::new(0),
-        capacity: AtomicUsize::new(min),
     });
     let mgr = PoolManager {
         inner: inner.clone(),
         pool: pool.clone(),
         min,
         max,
-        capacity: min,
         interval: inner.cfg.tuning.min_pool_interval,
         trims: 0,
         last_idle: 0,
@@ -393,7 +397,6 @@ pub(crate) struct PoolManager {
     pool: Arc<Pool>,
     min: usize,
     max: usize,
-    capacity: usize,
     interval: Duration,
     /// Ticks until another `trim` may be sent (the previous one must take effect first).
     trims: u32,
@@ -423,7 +426,7 @@ impl Handler for PoolManager {
                 self.pool.used.swap(0, Relaxed),
             ),
         };
-        let cap = self.capacity;
+        let cap = self.pool.capacity.load(Relaxed);
         // NodePass's rule: tick faster while the pool runs low, slower while it is full.
         if idle * 5 < cap {
             self.interval = self
@@ -433,24 +436,24 @@ impl Handler for PoolManager {
         } else if idle * 5 > cap * 4 {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
-        // Grow when more than 80% of the pool was used this tick, shrink under 20% (NodePass's
-        // thresholds). Growth doubles, so a burst finds a warm pool within a few ticks;
-        // shrinking goes one connection at a time.
-        if used * 5 > cap * 4 {
-            self.capacity = (cap * 2).clamp(1, self.max);
+        // Grow when more than 80% of the pool was used this tick, shrink under 20%.
+        let capacity = if used * 5 > cap * 4 {
+            (cap + 1).min(self.max)
         } else if used * 5 < cap {
-            self.capacity = cap.saturating_sub(1).max(self.min);
-        }
-        self.pool.capacity.store(self.capacity, Relaxed);
+            cap.saturating_sub(1).max(self.min)
+        } else {
+            cap
+        };
+        self.pool.capacity.store(capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
-        let need = self.capacity.saturating_sub(idle + dialing);
+        let need = capacity.saturating_sub(idle + dialing);
         for _ in 0..need {
             self.pool.dialing.fetch_add(1, Relaxed);
-            smol::spawn(pool_conn(self.inner.clone(), self.pool.clone())).detach();
+            crate::rt::spawn(pool_conn(self.inner.clone(), self.pool.clone())).detach();
         }
-        self.inner.stats.pool_size.store(self.capacity, Relaxed);
+        self.inner.stats.pool_size.store(capacity, Relaxed);
         self.trims = self.trims.saturating_sub(1);
-        let surplus = idle.saturating_sub(self.capacity);
+        let surplus = idle.saturating_sub(capacity);
         if surplus > 0 && self.trims == 0 {
             self.trims = 10;
             if let Some(q) = &self.pool.queue {
@@ -461,6 +464,27 @@ impl Handler for PoolManager {
             return (Some(Signal::Trim(surplus as u32)), self.interval);
         }
         (None, self.interval)
+    }
+}
+
+/// A pool connection was just taken: dial its replacement now, off the user's path, rather
+/// than at the next tick. A pool that ran dry doubles its capacity (up to `max`) so a burst
+/// finds connections waiting; the ticks shrink it back by one at a time.
+fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
+    if pool.end.is_triggered() {
+        return;
+    }
+    let idle = pool.idle.load(Relaxed);
+    let mut cap = pool.capacity.load(Relaxed);
+    if idle == 0 && cap < pool.max {
+        cap = (cap * 2).clamp(1, pool.max);
+        pool.capacity.store(cap, Relaxed);
+        inner.stats.pool_size.store(cap, Relaxed);
+    }
+    let need = cap.saturating_sub(idle + pool.dialing.load(Relaxed));
+    for _ in 0..need {
+        pool.dialing.fetch_add(1, Relaxed);
+        crate::rt::spawn(pool_conn(inner.clone(), pool.clone())).detach();
     }
 }
 
@@ -524,19 +548,6 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     .await;
 }
 
-/// Dial a replacement at once when a pool connection is taken, so back-to-back users do not
-/// wait for the next tick (the tick still grows and shrinks the capacity).
-fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
-    if pool.end.is_triggered() {
-        return;
-    }
-    let have = pool.idle.load(Relaxed) + pool.dialing.load(Relaxed);
-    if have < pool.capacity.load(Relaxed) {
-        pool.dialing.fetch_add(1, Relaxed);
-        smol::spawn(pool_conn(inner.clone(), pool.clone())).detach();
-    }
-}
-
 /// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
 /// then carry the TCP user or UDP flow it announces to a target. `taken` runs once the wait
 /// is over, whatever ended it. Used by the client in reverse flow and by the server in
@@ -596,13 +607,6 @@ pub(crate) async fn serve_tcp(
     peer: std::net::SocketAddr,
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
-    let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
-    else {
-        inner.stats.refused.fetch_add(1, Relaxed);
-        log::warn!("client: user {peer} refused: no free buffer in {wait:?}");
-        return;
-    };
     let mut target = match dial_target(inner).await {
         Ok(t) => t,
         Err(e) => {
@@ -625,13 +629,14 @@ pub(crate) async fn serve_tcp(
         inner.stats.tcp_rx.add(early.len() as u64);
     }
     let st = &inner.stats;
-    match copy::bidi_limited(
+    match copy::conns(
         &mut conn,
         &mut target,
-        (b1, b2),
+        &inner.arena,
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
         inner.limits.as_ref(),
+        inner.cfg.tuning.splice,
     )
     .await
     {

@@ -124,6 +124,8 @@ pub struct Tuning {
     pub service_cooldown: Duration,
     /// `SHUTDOWN_TIMEOUT`: how long open connections may finish after a stop signal.
     pub shutdown_timeout: Duration,
+    /// `TCP_SPLICE` (0 or 1, default 1): relay plain TCP with splice(2) on Linux.
+    pub splice: bool,
 }
 
 /// Everything a role needs to run, fully validated.

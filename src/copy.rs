@@ -1,4 +1,5 @@
-//! Bidirectional copy on arena buffers, with write half-close and an idle timeout.
+//! Bidirectional copy on arena buffers, with write half-close and an idle timeout; [`conns`]
+//! picks splice(2) instead for two plain TCP connections on Linux.
 //!
 //! # Implementation
 //! One future polls both directions in turn, so neither stream needs splitting (TLS streams
@@ -7,6 +8,12 @@
 //! ends when both directions have ended, on the first error, or after `idle` with no bytes.
 //! With `rate=` each read is charged to the direction's shared token bucket; when the bucket
 //! is in debt the direction keeps a timer and reads again only when it fires.
+//! A direction holds an arena buffer only while bytes move: after a read finds nothing (and
+//! everything read is written) the buffer goes back to the arena, and the next one is leased
+//! when the socket underneath becomes readable ([`Readable`]). The first read of a direction
+//! is tried at once, because a TLS stream may hold decrypted bytes its socket no longer shows.
+//! So an idle open connection holds no buffer, and the pages in use follow the connections
+//! moving bytes, not the connections open.
 
 use std::future::Future;
 use std::io;
@@ -17,16 +24,42 @@ use std::time::Duration;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::Timer;
 
-use crate::arena::Lease;
+use std::sync::Arc;
+
+use crate::arena::{Arena, Lease};
 use crate::rate::{Limits, Shared};
 use crate::stats::Counter;
+use crate::stream::Conn;
 
 /// Reads per direction in one wake-up before yielding, so one busy connection cannot starve
 /// the others on a single-threaded executor.
 const BUDGET: usize = 16;
 
+/// How long a direction waits before asking the arena again when no buffer is free (the
+/// arena has two buffers per slot, so this only happens when it is shared more widely).
+const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
+
+/// A stream whose socket can be awaited for readability without reading, so that a copy can
+/// wait for bytes without holding a buffer.
+pub trait Readable {
+    /// Ready when a read may find bytes (or the end of input, or an error).
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Readable for Conn {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp().poll_readable(cx)
+    }
+}
+
 struct Dir<'c> {
-    buf: Lease,
+    arena: &'c Arc<Arena>,
+    /// Leased while bytes move; `None` while the source is idle.
+    buf: Option<Lease>,
+    /// A read found nothing: wait for readability before leasing a buffer again.
+    parked: bool,
+    /// Set while no arena buffer is free.
+    retry: Option<Timer>,
     pos: usize,
     cap: usize,
     eof: bool,
@@ -40,9 +73,12 @@ struct Dir<'c> {
 }
 
 impl<'c> Dir<'c> {
-    fn new(buf: Lease, counter: &'c Counter, bucket: Option<&'c Shared>) -> Self {
+    fn new(arena: &'c Arc<Arena>, counter: &'c Counter, bucket: Option<&'c Shared>) -> Self {
         Dir {
-            buf,
+            arena,
+            buf: None,
+            parked: false,
+            retry: None,
             pos: 0,
             cap: 0,
             eof: false,
@@ -63,7 +99,7 @@ impl<'c> Dir<'c> {
         moved: &mut bool,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncRead + Readable + Unpin,
         W: AsyncWrite + Unpin,
     {
         if self.done {
@@ -71,7 +107,10 @@ impl<'c> Dir<'c> {
         }
         for _ in 0..BUDGET {
             while self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                let Some(buf) = &self.buf else {
+                    return Poll::Ready(Err(io::Error::other("bytes pending without a buffer")));
+                };
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.cap]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -82,6 +121,7 @@ impl<'c> Dir<'c> {
                 *moved = true;
             }
             if self.eof {
+                self.buf = None;
                 // Flushes, then shuts down the write side: the half-close is passed on.
                 ready!(Pin::new(&mut *w).poll_close(cx))?;
                 self.done = true;
@@ -99,10 +139,32 @@ impl<'c> Dir<'c> {
                 }
                 self.wait = None;
             }
-            match Pin::new(&mut *r).poll_read(cx, &mut self.buf) {
+            let buf = match &mut self.buf {
+                Some(b) => b,
+                None => {
+                    if self.parked {
+                        ready!(r.poll_readable(cx))?;
+                    }
+                    if let Some(t) = &mut self.retry {
+                        ready!(Pin::new(t).poll(cx));
+                        self.retry = None;
+                    }
+                    match self.arena.try_lease() {
+                        Some(l) => self.buf.insert(l),
+                        None => {
+                            let mut t = Timer::after(NO_BUFFER_RETRY);
+                            let _ = Pin::new(&mut t).poll(cx);
+                            self.retry = Some(t);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+            };
+            match Pin::new(&mut *r).poll_read(cx, buf) {
                 Poll::Ready(Ok(0)) => self.eof = true,
                 Poll::Ready(Ok(n)) => {
                     self.cap = n;
+                    self.parked = false;
                     *moved = true;
                     if let Some(wait) = self.bucket.and_then(|b| b.take(n)) {
                         self.wait = Some(Timer::after(wait));
@@ -110,6 +172,9 @@ impl<'c> Dir<'c> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
+                    // Idle: the buffer goes back until the source is readable again.
+                    self.buf = None;
+                    self.parked = true;
                     if self.unflushed {
                         ready!(Pin::new(&mut *w).poll_flush(cx))?;
                         self.unflushed = false;
@@ -133,8 +198,8 @@ struct Bidi<'a, 'c, A, B> {
 
 impl<A, B> Future for Bidi<'_, '_, A, B>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Readable + Unpin,
+    B: AsyncRead + AsyncWrite + Readable + Unpin,
 {
     type Output = io::Result<(u64, u64)>;
 
@@ -159,19 +224,20 @@ where
 }
 
 /// Copy `a` → `b` and `b` → `a` until both directions end. Returns the bytes moved each way.
-/// `idle`: fail with `TimedOut` after that long without a byte in either direction.
+/// Buffers are leased from `arena` while bytes move. `idle`: fail with `TimedOut` after that
+/// long without a byte in either direction.
 pub async fn bidi<A, B>(
     a: &mut A,
     b: &mut B,
-    bufs: (Lease, Lease),
+    arena: &Arc<Arena>,
     counters: (&Counter, &Counter),
     idle: Option<Duration>,
 ) -> io::Result<(u64, u64)>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Readable + Unpin,
+    B: AsyncRead + AsyncWrite + Readable + Unpin,
 {
-    bidi_limited(a, b, bufs, counters, idle, None).await
+    bidi_limited(a, b, arena, counters, idle, None).await
 }
 
 /// [`bidi`] with `rate=` limits: `a` → `b` is charged to `limits.up` (user → target: `a` must
@@ -179,21 +245,40 @@ where
 pub async fn bidi_limited<A, B>(
     a: &mut A,
     b: &mut B,
-    bufs: (Lease, Lease),
+    arena: &Arc<Arena>,
     counters: (&Counter, &Counter),
     idle: Option<Duration>,
     limits: Option<&Limits>,
 ) -> io::Result<(u64, u64)>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Readable + Unpin,
+    B: AsyncRead + AsyncWrite + Readable + Unpin,
 {
     Bidi {
         a,
         b,
-        ab: Dir::new(bufs.0, counters.0, limits.map(|l| &l.up)),
-        ba: Dir::new(bufs.1, counters.1, limits.map(|l| &l.down)),
+        ab: Dir::new(arena, counters.0, limits.map(|l| &l.up)),
+        ba: Dir::new(arena, counters.1, limits.map(|l| &l.down)),
         idle: idle.map(|d| (d, Timer::after(d))),
     }
     .await
+}
+
+/// Relay two connections as [`bidi_limited`] does, with splice(2) when both are plain TCP on
+/// Linux and `splice` is on (no user-space copy, no arena buffer), else on arena buffers.
+pub async fn conns(
+    a: &mut Conn,
+    b: &mut Conn,
+    arena: &Arc<Arena>,
+    counters: (&Counter, &Counter),
+    idle: Option<Duration>,
+    limits: Option<&Limits>,
+    splice: bool,
+) -> io::Result<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    if let (true, Conn::Plain(x), Conn::Plain(y)) = (splice, &*a, &*b) {
+        return crate::splice::bidi(x, y, counters, idle, limits).await;
+    }
+    let _ = splice;
+    bidi_limited(a, b, arena, counters, idle, limits).await
 }

@@ -85,6 +85,10 @@ impl Dialer {
 
     /// Resolve `hp` and connect to its addresses in turn (TCP_NODELAY set).
     pub async fn dial(&self, hp: &HostPort) -> Result<Async<TcpStream>> {
+        if let Host::Ip(ip) = hp.host {
+            // An IP literal: no lookup and no address list to allocate.
+            return self.connect(SocketAddr::new(ip, hp.port)).await;
+        }
         let addrs = self.resolve(hp).await?;
         let mut last = Error::Timeout("connect");
         for addr in addrs {

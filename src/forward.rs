@@ -89,8 +89,10 @@ impl Forward {
             targets.join(",")
         );
         #[cfg(feature = "udp")]
-        let udp_task = self.udp.map(|u| smol::spawn(udp_flows(inner.clone(), u)));
-        let t = smol::spawn(accept(inner.clone(), tcp, refusals));
+        let udp_task = self
+            .udp
+            .map(|u| crate::rt::spawn(udp_flows(inner.clone(), u)));
+        let t = crate::rt::spawn(accept(inner.clone(), tcp, refusals));
         inner.shutdown.wait().await;
         t.cancel().await;
         #[cfg(feature = "udp")]
@@ -120,7 +122,7 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>, refusals: RateLimit) {
         }
         let _ = s.get_ref().set_nodelay(true);
         let inner = inner.clone();
-        smol::spawn(async move { client::serve_tcp(&inner, Conn::Plain(s), &[], peer).await })
+        crate::rt::spawn(async move { client::serve_tcp(&inner, Conn::Plain(s), &[], peer).await })
             .detach();
     }
 }
@@ -221,7 +223,7 @@ mod flows {
                         .insert(src, flow.clone());
                     let task = replies(inner.clone(), sock.clone(), flow.clone(), src, epoch);
                     let table = table.clone();
-                    smol::spawn(async move {
+                    crate::rt::spawn(async move {
                         task.await;
                         table.lock().unwrap_or_else(|e| e.into_inner()).remove(&src);
                     })

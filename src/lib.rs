@@ -35,9 +35,12 @@ pub mod rate;
 #[cfg(feature = "relay")]
 pub mod relay;
 pub mod resolve;
+pub mod rt;
 pub mod server;
 pub mod shutdown;
 pub mod signal;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod stats;
 pub mod stream;
 pub mod targets;
@@ -69,6 +72,10 @@ use crate::stats::Stats;
 /// Buffers in the UDP arena at most (two per concurrent flow): 512 x 64 KiB = 32 MiB of
 /// address space, committed only while flows use it.
 const MAX_UDP_FLOW_BUFFERS: usize = 512;
+
+/// How often free buffer pages go back to the kernel (and the heap is trimmed when no
+/// connection is open).
+const RELEASE_TICK: Duration = Duration::from_secs(1);
 
 /// How often a draining shutdown looks at the number of open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -281,7 +288,7 @@ impl Node {
         #[cfg(not(feature = "relay"))]
         let own_report = false;
         let reporter = (!own_report).then(|| {
-            smol::spawn(report(
+            crate::rt::spawn(report(
                 self.stats.clone(),
                 (self.arena.clone(), self.udp_arena.clone()),
                 self.report,
@@ -317,8 +324,9 @@ impl Node {
     }
 }
 
-/// Every `REPORT_INTERVAL`: the stats line, the CHECK_POINT event line, and giving idle
-/// buffer pages back to the kernel.
+/// Every `REPORT_INTERVAL`: the stats line and the CHECK_POINT event line. Every
+/// `RELEASE_TICK`: idle buffer pages back to the kernel, and the heap trimmed once after the
+/// last connection closed, so memory returns to idle soon after a burst.
 async fn report(
     stats: Arc<Stats>,
     (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
@@ -326,14 +334,26 @@ async fn report(
     log: LogLevel,
     mode: u8,
 ) {
+    let mut next_report = Instant::now() + every;
+    let mut trimmed = true;
     loop {
-        Timer::after(every).await;
-        if stats.active() == 0 {
-            arena.release_idle();
-            if let Some(a) = &udp_arena {
-                a.release_idle();
-            }
+        let release = Instant::now() + RELEASE_TICK;
+        Timer::at(release.min(next_report)).await;
+        // Buffers are leased only while bytes move: free ones can go even with open connections.
+        arena.release_idle();
+        if let Some(a) = &udp_arena {
+            a.release_idle();
         }
+        if stats.active() > 0 {
+            trimmed = false;
+        } else if !trimmed {
+            util::trim_heap();
+            trimmed = true;
+        }
+        if Instant::now() < next_report {
+            continue;
+        }
+        next_report = Instant::now() + every;
         match log {
             LogLevel::Event => println!("{}", stats.checkpoint(mode)),
             LogLevel::Debug | LogLevel::Info => log::info!("{}", stats.line()),

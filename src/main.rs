@@ -42,7 +42,8 @@ fn main() -> ExitCode {
         .with_module_level("edgepass", level)
         .init();
     let shutdown = Shutdown::new();
-    smol::block_on(async {
+    // Every task on this thread (see edgepass::rt).
+    edgepass::rt::block_on(async {
         let node = match edgepass::bind(cfg, shutdown.clone()).await {
             Ok(n) => n,
             // A bad file named in the configuration: bad usage, nothing was started.
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
         match Signals::new([Signal::Term, Signal::Int]) {
             Ok(mut signals) => {
                 let sd = shutdown.clone();
-                smol::spawn(async move {
+                edgepass::rt::spawn(async move {
                     if let Some(Ok(sig)) = signals.next().await {
                         log::info!("{sig:?}: stopping; open connections may finish");
                         sd.trigger();

@@ -56,6 +56,10 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Async<TcpStr
 
 /// Resolve and connect, trying each address in turn.
 pub async fn dial(hp: &HostPort, timeout: Duration) -> Result<Async<TcpStream>> {
+    if let Host::Ip(ip) = hp.host {
+        // An IP literal: no lookup and no address list to allocate.
+        return connect(SocketAddr::new(ip, hp.port), timeout).await;
+    }
     let addrs = resolve(hp, timeout).await?;
     let mut last = Error::Timeout("connect");
     for addr in addrs {

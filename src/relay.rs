@@ -143,10 +143,10 @@ impl Relay {
             lim.max_circuits,
             inner.ttl(),
         );
-        let a = smol::spawn(accept(inner.clone(), listener));
-        let r = smol::spawn(report(inner.clone()));
+        let a = crate::rt::spawn(accept(inner.clone(), listener));
+        let r = crate::rt::spawn(report(inner.clone()));
         #[cfg(feature = "tls")]
-        let w = inner.tls.clone().map(|tls| smol::spawn(tls.watch()));
+        let w = inner.tls.clone().map(|tls| crate::rt::spawn(tls.watch()));
         inner.shutdown.wait().await;
         #[cfg(feature = "tls")]
         if let Some(w) = w {
@@ -197,7 +197,7 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
         }
         let _ = s.get_ref().set_nodelay(true);
         let guard = ConnGuard::new(&inner.rstats);
-        smol::spawn(conn(inner.clone(), s, peer, guard)).detach();
+        crate::rt::spawn(conn(inner.clone(), s, peer, guard)).detach();
     }
 }
 

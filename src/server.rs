@@ -300,12 +300,13 @@ impl Server {
                 inner.cfg.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
             ),
         }
-        let t = smol::spawn(accept_tunnel(inner.clone(), tunnel));
-        let u = users.map(|users| smol::spawn(accept_users(inner.clone(), users)));
+        let t = crate::rt::spawn(accept_tunnel(inner.clone(), tunnel));
+        let u = users.map(|users| crate::rt::spawn(accept_users(inner.clone(), users)));
         #[cfg(feature = "udp")]
-        let d = udp.map(|(sock, arena)| smol::spawn(crate::udp::serve(inner.clone(), sock, arena)));
+        let d = udp
+            .map(|(sock, arena)| crate::rt::spawn(crate::udp::serve(inner.clone(), sock, arena)));
         #[cfg(feature = "tls")]
-        let w = inner.tls.clone().map(|tls| smol::spawn(tls.watch()));
+        let w = inner.tls.clone().map(|tls| crate::rt::spawn(tls.watch()));
         inner.shutdown.wait().await;
         t.cancel().await;
         if let Some(u) = u {
@@ -343,7 +344,7 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
             p.q.push_back((id, evict));
             id
         };
-        smol::spawn(tunnel_conn(inner.clone(), s, peer, id, evicted)).detach();
+        crate::rt::spawn(tunnel_conn(inner.clone(), s, peer, id, evicted)).detach();
     }
 }
 
@@ -590,7 +591,7 @@ pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
         let _ = s.get_ref().set_nodelay(true);
         // Counted here, not in the task: a burst is accepted before any task runs.
         let active = ActiveGuard::new(&inner.stats, false);
-        smol::spawn(user_conn(inner.clone(), s, peer, active)).detach();
+        crate::rt::spawn(user_conn(inner.clone(), s, peer, active)).detach();
     }
 }
 
@@ -624,14 +625,6 @@ pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
 
 async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _active: ActiveGuard) {
     let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
-    else {
-        inner.stats.refused.fetch_add(1, Relaxed);
-        if inner.refusals.allow() {
-            log::warn!("user {peer} refused: no free buffer in {wait:?}");
-        }
-        return;
-    };
     // No pool connection comes after a stop: give up at once rather than hold the drain.
     let stopping = async {
         inner.shutdown.wait().await;
@@ -651,13 +644,14 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _ac
     log::debug!("user {peer} on pool connection {}", pc.id);
     let mut user = Conn::Plain(s);
     let st = &inner.stats;
-    match copy::bidi_limited(
+    match copy::conns(
         &mut user,
         &mut pc.conn,
-        (b1, b2),
+        &inner.arena,
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
         inner.limits.as_ref(),
+        inner.cfg.tuning.splice,
     )
     .await
     {

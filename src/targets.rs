@@ -65,13 +65,15 @@ impl Targets {
     /// target's index in the list.
     pub async fn dial(&self, dialer: &Dialer) -> Result<(Async<TcpStream>, usize)> {
         let start = self.next.fetch_add(1, Relaxed);
-        let mut plan = Vec::with_capacity(self.list.len());
-        {
+        // One target (the usual case) needs no plan, and so no allocation per dial.
+        let mut plan = Vec::new();
+        if self.list.len() > 1 {
             let f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
             order(&f, start, Instant::now(), SKIP, &mut plan);
         }
+        let plan: &[usize] = if self.list.len() == 1 { &[0] } else { &plan };
         let mut last = Error::Timeout("no target");
-        for i in plan {
+        for &i in plan {
             let t = &self.list[i];
             let res = dialer.dial(t).await;
             let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());

@@ -109,7 +109,7 @@ impl Visit {
         let name: Arc<str> = name.into();
         #[cfg(feature = "udp")]
         let flows = match (udp, &inner.udp_arena) {
-            (Some(sock), Some(arena)) => Some(smol::spawn(udp::serve(
+            (Some(sock), Some(arena)) => Some(crate::rt::spawn(udp::serve(
                 inner.clone(),
                 name.clone(),
                 sock,
@@ -130,7 +130,7 @@ impl Visit {
                 }
                 let _ = s.get_ref().set_nodelay(true);
                 let task = local_conn(inner.clone(), name.clone(), warn.clone(), s, peer);
-                smol::spawn(task).detach();
+                crate::rt::spawn(task).detach();
             }
         };
         accept.or(inner.shutdown.wait()).await;
@@ -208,13 +208,6 @@ async fn local_conn(
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
     let mut local = Conn::Plain(s);
-    let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
-    else {
-        inner.stats.refused.fetch_add(1, Relaxed);
-        log::warn!("visit: {peer} refused: no free buffer in {wait:?}");
-        return;
-    };
     let (mut relay, lines) = match open_circuit(&inner, &name).await {
         Ok(x) => x,
         Err(e) => {
@@ -235,12 +228,14 @@ async fn local_conn(
     }
     log::debug!("visit: {peer} -> {name} circuit open");
     let st = &inner.stats;
-    match copy::bidi(
+    match copy::conns(
         &mut local,
         &mut relay,
-        (b1, b2),
+        &inner.arena,
         (&st.tcp_rx, &st.tcp_tx),
         inner.cfg.read,
+        None,
+        inner.cfg.tuning.splice,
     )
     .await
     {

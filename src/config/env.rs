@@ -35,6 +35,7 @@ impl Default for Tuning {
             report_interval: ms(5_000),
             service_cooldown: ms(3_000),
             shutdown_timeout: ms(5_000),
+            splice: true,
         }
     }
 }
@@ -68,6 +69,7 @@ impl Tuning {
             service_cooldown: time(env, "SERVICE_COOLDOWN", d.service_cooldown, false)?,
             // Zero makes sense here: close open connections at once on a stop signal.
             shutdown_timeout: time(env, "SHUTDOWN_TIMEOUT", d.shutdown_timeout, true)?,
+            splice: size(env, "TCP_SPLICE", usize::from(d.splice), 0, 1)? == 1,
         };
         if t.min_pool_interval > t.max_pool_interval {
             return Err(err(

@@ -68,10 +68,6 @@ pub(super) async fn visit(
     }
     let _circuit = CircuitGuard(&res.circuits);
     let wait = inner.cfg.tuning.pool_get_timeout;
-    let (Some(b1), Some(b2)) = (inner.arena.lease(wait).await, inner.arena.lease(wait).await)
-    else {
-        return inner.refuse(&mut conn, peer, 201, "no free buffer").await;
-    };
     let Some(mut pc) = take_idle(&res, wait).await else {
         let text = format!("no pool connection from {name} in {wait:?}");
         return inner.refuse(&mut conn, peer, 203, &text).await;
@@ -124,7 +120,7 @@ pub(super) async fn visit(
     let splice = copy::bidi(
         &mut visitor,
         &mut pc.conn,
-        (b1, b2),
+        &inner.arena,
         (rx, tx),
         inner.cfg.read,
     );

@@ -146,6 +146,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
     }
 }
 
+impl<S: crate::copy::Readable> crate::copy::Readable for Limited<S> {
+    /// Waits out the read rate first, so an idle copy does not wake on bytes it may not take.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.read.poll_allow(cx));
+        self.inner.poll_readable(cx)
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
     fn poll_write(
         self: Pin<&mut Self>,

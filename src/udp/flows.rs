@@ -182,7 +182,7 @@ pub(crate) async fn serve<O: Opener>(
         });
         flows.map().insert(src, flow.clone());
         let task = run_flow(flows.clone(), sock.clone(), flow, r, src);
-        smol::spawn(async move {
+        crate::rt::spawn(async move {
             task.await;
             drop(active);
         })
