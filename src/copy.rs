@@ -208,19 +208,37 @@ where
         let mut moved = false;
         let ab = this.ab.poll(cx, this.a, this.b, &mut moved)?;
         let ba = this.ba.poll(cx, this.b, this.a, &mut moved)?;
-        if ab.is_ready() && ba.is_ready() {
-            return Poll::Ready(Ok((this.ab.bytes, this.ba.bytes)));
-        }
-        if let Some((d, timer)) = &mut this.idle {
-            if moved {
-                timer.set_after(*d);
-            }
-            if Pin::new(timer).poll(cx).is_ready() {
-                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-            }
-        }
-        Poll::Pending
+        both_done(
+            cx,
+            (ab, ba),
+            (this.ab.bytes, this.ba.bytes),
+            moved,
+            &mut this.idle,
+        )
     }
+}
+
+/// The end of one poll of a two-direction copy (arena or splice): done when both directions
+/// are; otherwise the idle timer restarts when bytes moved and fails the copy when it fires.
+pub(crate) fn both_done(
+    cx: &mut Context<'_>,
+    (ab, ba): (Poll<()>, Poll<()>),
+    bytes: (u64, u64),
+    moved: bool,
+    idle: &mut Option<(Duration, Timer)>,
+) -> Poll<io::Result<(u64, u64)>> {
+    if ab.is_ready() && ba.is_ready() {
+        return Poll::Ready(Ok(bytes));
+    }
+    if let Some((d, timer)) = idle {
+        if moved {
+            timer.set_after(*d);
+        }
+        if Pin::new(timer).poll(cx).is_ready() {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+    }
+    Poll::Pending
 }
 
 /// Copy `a` → `b` and `b` → `a` until both directions end. Returns the bytes moved each way.

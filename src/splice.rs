@@ -213,18 +213,13 @@ impl Future for Bidi<'_, '_> {
         let mut moved = false;
         let ab = this.ab.poll(cx, this.a, this.b, &mut moved)?;
         let ba = this.ba.poll(cx, this.b, this.a, &mut moved)?;
-        if ab.is_ready() && ba.is_ready() {
-            return Poll::Ready(Ok((this.ab.bytes, this.ba.bytes)));
-        }
-        if let Some((d, timer)) = &mut this.idle {
-            if moved {
-                timer.set_after(*d);
-            }
-            if Pin::new(timer).poll(cx).is_ready() {
-                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-            }
-        }
-        Poll::Pending
+        crate::copy::both_done(
+            cx,
+            (ab, ba),
+            (this.ab.bytes, this.ba.bytes),
+            moved,
+            &mut this.idle,
+        )
     }
 }
 
