@@ -522,23 +522,12 @@ impl<'a> Tokens<'a> {
     }
 }
 
-/// A decimal u32: digits only, no leading zero except `0` itself.
+/// A decimal u32, with the same rules as [`parse_u64`].
 fn parse_u32(token: &[u8]) -> Result<u32, SignalError> {
-    if token.len() > 1 && token.first() == Some(&b'0') {
-        return Err(bad("leading zero"));
-    }
-    if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
-        return Err(bad("bad number"));
-    }
-    token
-        .iter()
-        .try_fold(0u32, |n, &d| {
-            n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
-        })
-        .ok_or(bad("number overflow"))
+    u32::try_from(parse_u64(token)?).map_err(|_| bad("number overflow"))
 }
 
-/// A decimal u64, with the same rules as [`parse_u32`].
+/// A decimal u64: digits only, no leading zero except `0` itself.
 fn parse_u64(token: &[u8]) -> Result<u64, SignalError> {
     if token.len() > 1 && token.first() == Some(&b'0') {
         return Err(bad("leading zero"));
