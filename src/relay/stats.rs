@@ -38,15 +38,22 @@ impl RelayStats {
             .map_or(0, |i| self.refused[i].load(Relaxed))
     }
 
-    /// The human stats line.
-    pub fn line(&self, s: &Stats) -> String {
-        let mut out = format!(
-            "relay: {} reservations, {} circuits, {} connections, {} B to devices, {} B to visitors; refused:",
+    /// Reservations, circuits, connections, bytes to devices, bytes to visitors.
+    fn figures(&self, s: &Stats) -> (usize, usize, usize, u64, u64) {
+        (
             self.reservations.load(Relaxed),
             s.active(),
             self.conns.load(Relaxed),
             s.tcp_rx.get() + s.udp_rx.get(),
             s.tcp_tx.get() + s.udp_tx.get(),
+        )
+    }
+
+    /// The human stats line.
+    pub fn line(&self, s: &Stats) -> String {
+        let (res, circuits, conns, rx, tx) = self.figures(s);
+        let mut out = format!(
+            "relay: {res} reservations, {circuits} circuits, {conns} connections, {rx} B to devices, {tx} B to visitors; refused:"
         );
         for code in CODES {
             out.push_str(&format!(" {code}={}", self.refused(code)));
@@ -56,13 +63,9 @@ impl RelayStats {
 
     /// The same figures as one machine-readable line for `log=event`.
     pub fn event(&self, s: &Stats) -> String {
+        let (res, circuits, conns, rx, tx) = self.figures(s);
         let mut out = format!(
-            "RELAY_POINT|RESERVATIONS={}|CIRCUITS={}|CONNS={}|RX={}|TX={}",
-            self.reservations.load(Relaxed),
-            s.active(),
-            self.conns.load(Relaxed),
-            s.tcp_rx.get() + s.udp_rx.get(),
-            s.tcp_tx.get() + s.udp_tx.get(),
+            "RELAY_POINT|RESERVATIONS={res}|CIRCUITS={circuits}|CONNS={conns}|RX={rx}|TX={tx}"
         );
         for code in CODES {
             out.push_str(&format!("|R{code}={}", self.refused(code)));
