@@ -6,21 +6,9 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use common::udp::udp_echo;
 use common::*;
-use smol::{Async, Task};
-
-/// A UDP echo target on 127.0.0.1:0.
-fn udp_echo() -> (SocketAddr, Task<()>) {
-    let s = Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).expect("bind udp echo");
-    let addr = s.get_ref().local_addr().expect("addr");
-    let task = smol::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = s.recv_from(&mut buf).await {
-            let _ = s.send_to(&buf[..n], from).await;
-        }
-    });
-    (addr, task)
-}
+use smol::Async;
 
 async fn udp_round_trip(to: SocketAddr, data: &[u8]) -> Vec<u8> {
     let s = Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).expect("bind user");

@@ -8,28 +8,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use common::udp::*;
 use common::*;
 use edgepass::stats::Stats;
-use smol::future::FutureExt;
-use smol::{Async, Task, Timer};
-
-/// How long a test waits for one reply before calling the datagram lost.
-const REPLY_WAIT: Duration = Duration::from_secs(5);
-
-/// A UDP echo target on 127.0.0.1:0.
-fn udp_echo() -> (SocketAddr, Task<()>) {
-    let s = Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).expect("bind udp echo");
-    let addr = s.get_ref().local_addr().expect("addr");
-    let task = smol::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            if let Ok((n, from)) = s.recv_from(&mut buf).await {
-                let _ = s.send_to(&buf[..n], from).await;
-            }
-        }
-    });
-    (addr, task)
-}
 
 /// A relay, a device named `dev` forwarding to `target` (its pool warm), and a visitor of
 /// `dev`; `relay_q`, `device_q` and `visit_q` are appended to the URLs (`&...`).
@@ -70,40 +51,6 @@ async fn setup_env(
 /// Circuits (TCP + UDP) open on the relay, or flows open on a device or visitor.
 fn open(stats: &Stats) -> usize {
     stats.active()
-}
-
-/// A user socket on 127.0.0.1, connected to `to`.
-fn user(to: SocketAddr) -> Async<UdpSocket> {
-    let s = Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).expect("bind user");
-    s.get_ref().connect(to).expect("connect user");
-    s
-}
-
-/// The next datagram on `s`, or `None` after `wait` (or on an ICMP port-closed error).
-async fn recv(s: &Async<UdpSocket>, buf: &mut [u8], wait: Duration) -> Option<usize> {
-    async {
-        match s.recv(buf).await {
-            Ok(n) => Some(n),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => None,
-            Err(e) => panic!("recv: {e}"),
-        }
-    }
-    .or(async {
-        Timer::after(wait).await;
-        None
-    })
-    .await
-}
-
-/// Send `d` and expect exactly `d` back within [`REPLY_WAIT`].
-async fn echo(s: &Async<UdpSocket>, d: &[u8], what: &str) {
-    s.send(d).await.expect("send");
-    let mut buf = vec![0u8; 65536];
-    let Some(n) = recv(s, &mut buf, REPLY_WAIT).await else {
-        panic!("{what}: no reply to a datagram of {} B", d.len());
-    };
-    assert_eq!(n, d.len(), "{what}: reply length (boundary not kept)");
-    assert!(buf[..n] == *d, "{what}: reply contents differ");
 }
 
 #[test]

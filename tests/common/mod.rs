@@ -4,6 +4,7 @@
 pub mod bin;
 pub mod hostile;
 pub mod procfs;
+pub mod udp;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
