@@ -15,20 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=openwrt/pkg-common.sh
 . "$here/pkg-common.sh"
 
-arch=
-out="$repo_root/dist/packages/apk"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --arch) arch=$2; shift 2 ;;
-        --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-        *) break ;;
-    esac
-done
-[ $# -ge 2 ] && [ $# -le 3 ] || { echo "usage: $0 [--arch A] [--out DIR] TARGET_TRIPLE BINARY [VERSION]" >&2; exit 2; }
-triple=$1 binary=$2 version=${3:-$(default_version)}
-[ -f "$binary" ] || { echo "build-apk.sh: no binary at $binary" >&2; exit 1; }
-[ -n "$arch" ] || arch=$(openwrt_arch "$triple") || { echo "build-apk.sh: no OpenWrt arch known for $triple (use --arch)" >&2; exit 2; }
+parse_pkg_args build-apk.sh "$repo_root/dist/packages/apk" "$@"
 
 if ! command -v apk >/dev/null 2>&1 || ! apk --version 2>/dev/null | grep -q 'apk-tools 3'; then
     echo "build-apk.sh: SKIP: apk-tools v3 (apk mkpkg) is not installed; no .apk built" >&2

@@ -17,20 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=openwrt/pkg-common.sh
 . "$here/pkg-common.sh"
 
-arch=
-out="$repo_root/dist/packages"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --arch) arch=$2; shift 2 ;;
-        --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-        *) break ;;
-    esac
-done
-[ $# -ge 2 ] && [ $# -le 3 ] || { echo "usage: $0 [--arch A] [--out DIR] TARGET_TRIPLE BINARY [VERSION]" >&2; exit 2; }
-triple=$1 binary=$2 version=${3:-$(default_version)}
-[ -f "$binary" ] || { echo "build-ipk.sh: no binary at $binary" >&2; exit 1; }
-[ -n "$arch" ] || arch=$(openwrt_arch "$triple") || { echo "build-ipk.sh: no OpenWrt arch known for $triple (use --arch)" >&2; exit 2; }
+parse_pkg_args build-ipk.sh "$repo_root/dist/packages" "$@"
 tar --version 2>/dev/null | grep -q 'GNU tar' || { echo "build-ipk.sh: needs GNU tar" >&2; exit 1; }
 
 epoch=${SOURCE_DATE_EPOCH:-$(git -C "$repo_root" log -1 --format=%ct 2>/dev/null || date +%s)}

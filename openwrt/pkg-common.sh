@@ -77,3 +77,25 @@ default_prerm "$0" "$@"
 SCRIPT
     chmod 0755 "$1"
 }
+
+# The command line of build-ipk.sh and build-apk.sh, `[--arch A] [--out DIR] TARGET_TRIPLE
+# BINARY [VERSION]`, into $arch, $out, $triple, $binary and $version. $1 names the script in
+# messages, $2 is the default output directory.
+parse_pkg_args() {
+    local name=$1
+    out=$2
+    shift 2
+    arch=
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --arch) arch=$2; shift 2 ;;
+            --out) out=$2; shift 2 ;;
+            -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+            *) break ;;
+        esac
+    done
+    [ $# -ge 2 ] && [ $# -le 3 ] || { echo "usage: $0 [--arch A] [--out DIR] TARGET_TRIPLE BINARY [VERSION]" >&2; exit 2; }
+    triple=$1 binary=$2 version=${3:-$(default_version)}
+    [ -f "$binary" ] || { echo "$name: no binary at $binary" >&2; exit 1; }
+    [ -n "$arch" ] || arch=$(openwrt_arch "$triple") || { echo "$name: no OpenWrt arch known for $triple (use --arch)" >&2; exit 2; }
+}
