@@ -28,6 +28,7 @@ pub mod error;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
+pub mod idle;
 pub mod lines;
 pub mod net;
 pub mod proxy;

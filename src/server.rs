@@ -23,6 +23,7 @@ use crate::control::{self, Control, Handler};
 use crate::copy;
 use crate::error::{Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
+use crate::idle::IdleQueue;
 use crate::lines::{send, LineReader};
 use crate::net;
 use crate::rate::Limits;
@@ -66,8 +67,7 @@ pub struct PoolConn {
 pub struct Session {
     /// The session id pool connections name.
     pub sid: [u8; SID_LEN],
-    idle_tx: Sender<PoolConn>,
-    idle_rx: Receiver<PoolConn>,
+    idle: IdleQueue<PoolConn>,
     next_id: AtomicU32,
     /// Ends the session's tasks.
     pub end: Shutdown,
@@ -76,11 +76,9 @@ pub struct Session {
 impl Session {
     /// A new session holding at most `max` idle pool connections.
     pub(crate) fn new(max: usize) -> Arc<Session> {
-        let (idle_tx, idle_rx) = bounded(max.max(1));
         Arc::new(Session {
             sid: auth::random::<SID_LEN>(),
-            idle_tx,
-            idle_rx,
+            idle: IdleQueue::new(max),
             next_id: AtomicU32::new(1),
             end: Shutdown::new(),
         })
@@ -88,28 +86,23 @@ impl Session {
 
     /// Queue an idle pool connection; `false` (and the connection closed) when full.
     pub(crate) fn offer(&self, pc: PoolConn) -> bool {
-        self.idle_tx.try_send(pc).is_ok()
+        self.idle.offer(pc).is_ok()
     }
 
     /// Idle pool connections queued now.
     pub(crate) fn idle_len(&self) -> usize {
-        self.idle_tx.len()
+        self.idle.len()
     }
 
     /// Close up to `n` idle pool connections, oldest first; never one in use.
     pub(crate) fn trim(&self, n: usize) {
-        for _ in 0..n {
-            if self.idle_rx.try_recv().is_err() {
-                break;
-            }
-        }
+        self.idle.trim(n);
     }
 
     /// Close the session and every idle connection it holds.
     pub fn close(&self) {
         self.end.trigger();
-        self.idle_tx.close();
-        while self.idle_rx.try_recv().is_ok() {}
+        self.idle.close();
     }
 }
 
@@ -424,7 +417,7 @@ async fn tunnel_conn(
                 log::debug!("tunnel: pool connection from {peer} for an old session refused");
                 return;
             };
-            if sess.idle_tx.len() >= inner.cfg.max {
+            if sess.idle_len() >= inner.cfg.max {
                 refuse(&mut conn, 201, "pool full").await;
                 return;
             }
@@ -568,7 +561,7 @@ impl Handler for Taker {
     }
 
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration) {
-        self.stats.pool_idle.store(self.sess.idle_tx.len(), Relaxed);
+        self.stats.pool_idle.store(self.sess.idle_len(), Relaxed);
         (None, self.tick)
     }
 }
@@ -607,13 +600,13 @@ pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
             Timer::after(Duration::from_millis(50)).await;
             continue;
         };
-        let got = async { sess.idle_rx.recv().await.ok() }
+        let got = async { sess.idle.pop().await }
             .or(async {
                 Timer::at(deadline).await;
                 None
             })
             .await;
-        inner.stats.pool_idle.store(sess.idle_tx.len(), Relaxed);
+        inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
         match got {
             Some(pc) if pc.conn.idle_ok() => return Some(pc),
             Some(pc) => log::debug!("pool connection {} was closed while idle", pc.id),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use smol::channel::{bounded, Receiver, Sender};
+use crate::idle::IdleQueue;
 
 use crate::auth;
 use crate::shutdown::Shutdown;
@@ -39,8 +39,7 @@ pub struct Reservation {
     /// Largest idle pool kept for this reservation.
     pub max: usize,
     expires: Mutex<Instant>,
-    idle_tx: Sender<Idle>,
-    idle_rx: Receiver<Idle>,
+    idle: IdleQueue<Idle>,
     next_id: AtomicU32,
     /// Circuits open through this reservation now.
     pub circuits: AtomicUsize,
@@ -50,7 +49,6 @@ pub struct Reservation {
 
 impl Reservation {
     fn new(name: &str, device: [u8; NONCE_LEN], ip: IpAddr, max: usize, expires: Instant) -> Self {
-        let (idle_tx, idle_rx) = bounded(max.max(1));
         Reservation {
             name: name.to_owned(),
             sid: auth::random::<SID_LEN>(),
@@ -58,8 +56,7 @@ impl Reservation {
             ip,
             max: max.max(1),
             expires: Mutex::new(expires),
-            idle_tx,
-            idle_rx,
+            idle: IdleQueue::new(max),
             next_id: AtomicU32::new(1),
             circuits: AtomicUsize::new(0),
             end: Shutdown::new(),
@@ -88,33 +85,28 @@ impl Reservation {
 
     /// Queue an idle pool connection; gives it back when the pool is full or closed.
     pub fn push_idle(&self, idle: Idle) -> Result<(), Idle> {
-        self.idle_tx.try_send(idle).map_err(|e| e.into_inner())
+        self.idle.offer(idle)
     }
 
     /// Idle pool connections queued now.
     pub fn idle_len(&self) -> usize {
-        self.idle_tx.len()
+        self.idle.len()
     }
 
     /// Wait for the next idle pool connection (`None` once the reservation is closed).
     pub async fn pop_idle(&self) -> Option<Idle> {
-        self.idle_rx.recv().await.ok()
+        self.idle.pop().await
     }
 
     /// Close up to `n` idle pool connections, oldest first (the device's `trim`).
     pub fn trim(&self, n: usize) {
-        for _ in 0..n {
-            if self.idle_rx.try_recv().is_err() {
-                break;
-            }
-        }
+        self.idle.trim(n);
     }
 
     /// End the reservation and close every idle pool connection.
     pub fn close(&self) {
         self.end.trigger();
-        self.idle_tx.close();
-        while self.idle_rx.try_recv().is_ok() {}
+        self.idle.close();
     }
 }
 
