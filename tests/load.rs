@@ -46,8 +46,9 @@ async fn back_to_idle(b: &Binaries, idle: [(u64, usize); 2]) -> [(u64, usize); 2
             .zip(idle.iter())
             .all(|(n, i)| n.0 <= i.0 + i.0 / 10 + 512 && n.1 <= i.1 + i.1 / 10 + 1)
     };
-    // Descriptors close at once; pages go back on the next stats ticks (500 ms here).
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Descriptors close at once and pages go back on the next stats ticks (500 ms here), but
+    // the pool's refill dials run meanwhile: on a loaded machine that can take seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = figures(b);
         if ok(now) || Instant::now() > deadline {
