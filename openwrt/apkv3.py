@@ -263,7 +263,8 @@ def build(files_dir, info, scripts=None, mtime=None, compress=True, triggers=())
                 f["target"] = w.blob(struct.pack("<H", stat.S_IFLNK) + target)
                 size = len(target)
             else:
-                content = open(full, "rb").read()
+                with open(full, "rb") as fh:
+                    content = fh.read()
                 size = len(content)
                 installed_size += size
                 f["hash"] = w.blob(hashlib.sha256(content).digest())
@@ -406,7 +407,10 @@ class AdbReader:
 
 
 def read(path_or_bytes, with_data=True):
-    raw = path_or_bytes if isinstance(path_or_bytes, bytes) else open(path_or_bytes, "rb").read()
+    raw = path_or_bytes
+    if not isinstance(raw, bytes):
+        with open(path_or_bytes, "rb") as fh:
+            raw = fh.read()
     data, compression = decompress(raw)
     if data[:4] != MAGIC:
         raise FormatError(f"no ADB. header after decompression ({data[:4]!r})")
@@ -536,7 +540,8 @@ def main(argv):
                 k, sep, v = val.partition(":")
                 if not sep or k not in dict(FIELDS["scripts"]):
                     raise SystemExit(f"apkv3.py: bad --script {val!r}")
-                scripts[k] = open(v, "rb").read()
+                with open(v, "rb") as fh:
+                    scripts[k] = fh.read()
             elif opt in ("--trigger", "-t"):
                 triggers.append(val)
             elif opt in ("--files", "-F"):
