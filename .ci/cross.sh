@@ -37,12 +37,7 @@ step "OpenWrt packages"
 pkgs=()
 for t in "${targets[@]}"; do
     pkgs+=("$(openwrt/build-ipk.sh --out dist/packages "$t" "dist/$t/edgepass")")
-    rc=0; apk_pkg=$(openwrt/build-apk.sh --out dist/packages/apk "$t" "dist/$t/edgepass") || rc=$?
-    case "$rc" in
-        0) pkgs+=("$apk_pkg") ;;
-        3) echo "cross: .apk for $t skipped: apk-tools v3 is not available on this machine" ;;
-        *) echo "cross: build-apk.sh failed for $t" >&2; exit 1 ;;
-    esac
+    pkgs+=("$(openwrt/build-apk.sh --out dist/packages/apk "$t" "dist/$t/edgepass")")
 done
 openwrt/check-package.sh "${pkgs[@]}"
 

@@ -11,18 +11,24 @@
 ./data.tar.gz and ./control.tar.gz in that order (OpenWrt's scripts/ipkg-build); control
 fields in OpenWrt's order with the right values; conffiles naming files that exist; the
 binary a static ELF for the package's Architecture; files owned by 0:0 with OpenWrt modes.
-.apk (apk-tools v3 ADB): the magic is checked here; the contents need apk-tools v3 (`apk`),
-which check-package.sh runs when it is installed.
+.apk (apk-tools v3 ADB): read with our own reader (apkv3.py, beside this file): the
+container, the package info, every file's sha256, modes and owners, OpenWrt's
+lib/apk/packages/edgepass.{list,conffiles,conffiles_static}, the scripts and the binary.
 """
 
 import gzip
+import hashlib
 import io
 import os
 import re
 import shlex
 import struct
+import subprocess
 import sys
 import tarfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import apkv3  # noqa: E402
 
 # Fields OpenWrt's include/package-pack.mk may write, in its order.
 FIELD_ORDER = ["Package", "Version", "Depends", "Conflicts", "Provides", "Alternatives",
@@ -160,9 +166,93 @@ def check_binary(image, arch):
     check(not info[3], "binary is static (no PT_INTERP)")
 
 
+APK_SCRIPTS = {
+    # script: what it must call from OpenWrt's /lib/functions.sh
+    "post-install": "default_postinst",
+    "post-upgrade": "default_postinst",
+    "pre-deinstall": "default_prerm",
+}
+APK_META = "lib/apk/packages/edgepass"
+
+
 def check_apk(path, dest):
-    raw = open(path, "rb").read(4)
-    check(raw[:3] == b"ADB", f"apk-tools v3 ADB container (magic {raw!r})")
+    """Open the .apk with our own reader (apkv3.py) and check it like the .ipk."""
+    raw = open(path, "rb").read()
+    check(raw[:4] in (b"ADBd", b"ADB."), f"apk-tools v3 ADB container (magic {raw[:4]!r})")
+    try:
+        pkg = apkv3.read(raw)
+    except apkv3.FormatError as e:
+        check(False, f"the package reads as apk v3: {e}")
+        return
+    check(True, f"reads as apk v3: schema pckg, ADB compat 0, {pkg.compression} compression, "
+                f"{len(pkg.files)} files, every DATA block in order and matching its sha256")
+    check(pkg.uid_ok is True, "info.hashes is the package's unique id (sha256 of the ADB block)")
+    info = pkg.meta.get("info", {})
+    check(info.get("name") == "edgepass", f"name: edgepass ({info.get('name')})")
+    version = info.get("version", "")
+    check(re.fullmatch(r"[0-9][0-9.]*[a-z]?(_[a-z]+[0-9]*)*-r[0-9]+", version) is not None,
+          f"version is PKG_VERSION-rPKG_RELEASE in apk's syntax ({version})")
+    arch = info.get("arch", "")
+    base, parent = os.path.basename(path), os.path.basename(os.path.dirname(os.path.abspath(path)))
+    check(base == f"edgepass-{version}.apk", f"file name is edgepass-VERSION.apk ({base})")
+    check(parent == arch, f"file is in a directory named after its arch ({parent}/ vs {arch})")
+    for field in ("description", "license", "origin"):
+        check(bool(info.get(field)), f"info has {field} ({info.get(field)})")
+    check(info.get("depends") == [{"name": "libc"}], f"depends: libc ({info.get('depends')})")
+    regular = [(p, f, c) for p, f, c in pkg.files if "target" not in f]
+    size = sum(len(c) for _, _, c in regular)
+    check(info.get("installed-size") == size,
+          f"installed-size is the sum of the file sizes ({info.get('installed-size')} vs {size})")
+
+    files = {p: f for p, f, _ in pkg.files}
+    content = {p: c for p, _, c in pkg.files}
+    for name, mode in EXPECTED_FILES.items():
+        f = files.get(name[2:])
+        if check(f is not None and "target" not in f, f"package has {name[1:]}"):
+            got = f.get("acl", {}).get("mode")
+            check(got == mode, f"{name[1:]} mode {oct(mode)} (got {oct(got or 0)})")
+    extra = sorted(set(files) - {n[2:] for n in EXPECTED_FILES}
+                   - {APK_META + s for s in (".list", ".conffiles", ".conffiles_static")})
+    check(not extra, f"no unexpected files ({extra})")
+    acls = [f.get("acl", {}) for f in files.values()] + [d.get("acl", {}) for d in pkg.meta["paths"]]
+    check(all(a.get("user") == "root" and a.get("group") == "root" for a in acls),
+          "every file and directory is owned by root:root")
+    check(all(d.get("acl", {}).get("mode") == 0o755 for d in pkg.meta["paths"]), "directories are 0755")
+
+    # OpenWrt's package database files: the file list, the conffiles and their sha256.
+    text = lambda p: (content.get(p) or b"").decode()
+    listed = text(APK_META + ".list").split()
+    own = sorted("/" + n[2:] for n in EXPECTED_FILES)
+    check(listed == own, f"{APK_META}.list lists the package's files ({listed})")
+    conf = text(APK_META + ".conffiles").split()
+    if check(conf == ["/etc/config/edgepass"], f"{APK_META}.conffiles lists /etc/config/edgepass ({conf})"):
+        want = hashlib.sha256(content.get("etc/config/edgepass") or b"").hexdigest()
+        check(text(APK_META + ".conffiles_static").split() == ["/etc/config/edgepass", want],
+              f"{APK_META}.conffiles_static holds the conffile's sha256")
+    check(files.get("etc/config/edgepass", {}).get("hash") is not None,
+          "the conffile has a sha256 in the package (apk keeps an edited /etc file, writes .apk-new)")
+
+    scripts = pkg.meta.get("scripts", {})
+    check(sorted(scripts) == sorted(APK_SCRIPTS), f"scripts are {sorted(APK_SCRIPTS)} ({sorted(scripts)})")
+    for name, default in APK_SCRIPTS.items():
+        body = scripts.get(name, "")
+        if not body:
+            continue
+        check(body.startswith("#!/bin/sh\n"), f"{name} is a sh script")
+        check("/lib/functions.sh" in body and re.search(rf"^{default}$", body, re.M) is not None
+              and 'export pkgname="edgepass"' in body,
+              f"{name} sets pkgname and hands over to OpenWrt's {default}")
+        ok = subprocess.run(["sh", "-n"], input=body.encode(), capture_output=True).returncode == 0
+        check(ok, f"{name} parses (sh -n)")
+    check("export PKG_UPGRADE=1" in scripts.get("post-upgrade", ""), "post-upgrade sets PKG_UPGRADE=1")
+
+    if files.get("usr/bin/edgepass"):
+        check_binary(content["usr/bin/edgepass"], arch)
+    root = os.path.join(dest, "root")
+    os.makedirs(root, exist_ok=True)
+    apkv3.extract(pkg, root)
+    with open(os.path.join(dest, "control"), "w") as f:  # the fields check-package.sh reads
+        f.write(f"Package: {info.get('name')}\nVersion: {version}\nArchitecture: {arch}\n")
 
 
 def uci_to_sh(path):
