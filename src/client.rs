@@ -11,6 +11,7 @@ use smol::Timer;
 
 use crate::arena::Arena;
 use crate::auth::Key;
+use crate::chunk::{Dechunk, Step};
 use crate::config::Config;
 use crate::control::{Control, End, Handler};
 use crate::copy;
@@ -75,7 +76,9 @@ struct Pool {
     dialing: AtomicUsize,
     /// Pool connections taken by users since the last tick.
     used: AtomicUsize,
-    /// Pool connections to keep (idle plus dialing): grown at once when the pool runs dry,
+    /// Reusable pool connections carrying a user now: they come back idle afterwards.
+    busy: AtomicUsize,
+    /// Pool connections to keep (idle plus dialing plus busy): grown at once when the pool runs dry,
     /// shrunk by the ticks.
     capacity: AtomicUsize,
     /// The most `capacity` may reach.
@@ -362,6 +365,7 @@ pub(crate) async fn run_pool<H: Handler>(
         idle: AtomicUsize::new(0),
         dialing: AtomicUsize::new(0),
         used: AtomicUsize::new(0),
+        busy: AtomicUsize::new(0),
         capacity: AtomicUsize::new(min),
         max,
         tcp,
@@ -446,7 +450,8 @@ impl Handler for PoolManager {
         };
         self.pool.capacity.store(capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
-        let need = capacity.saturating_sub(idle + dialing);
+        let busy = self.pool.busy.load(Relaxed);
+        let need = capacity.saturating_sub(pooled(idle, dialing, busy, capacity));
         for _ in 0..need {
             self.pool.dialing.fetch_add(1, Relaxed);
             crate::rt::spawn(pool_conn(self.inner.clone(), self.pool.clone())).detach();
@@ -467,6 +472,13 @@ impl Handler for PoolManager {
     }
 }
 
+/// The pool connections counted against `cap`: idle and dialing ones, and the reusable ones
+/// busy with a user (they come back) up to half of `cap`, so users one after another cause no
+/// dial at all, while many held at once still leave half the pool idle for the next burst.
+fn pooled(idle: usize, dialing: usize, busy: usize, cap: usize) -> usize {
+    idle + dialing + busy.min(cap / 2)
+}
+
 /// A pool connection was just taken: dial its replacement now, off the user's path, rather
 /// than at the next tick. A pool that ran dry doubles its capacity (up to `max`) so a burst
 /// finds connections waiting; the ticks shrink it back by one at a time.
@@ -481,7 +493,13 @@ fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
         pool.capacity.store(cap, Relaxed);
         inner.stats.pool_size.store(cap, Relaxed);
     }
-    let need = cap.saturating_sub(idle + pool.dialing.load(Relaxed));
+    let counted = pooled(
+        idle,
+        pool.dialing.load(Relaxed),
+        pool.busy.load(Relaxed),
+        cap,
+    );
+    let need = cap.saturating_sub(counted);
     for _ in 0..need {
         pool.dialing.fetch_add(1, Relaxed);
         crate::rt::spawn(pool_conn(inner.clone(), pool.clone())).detach();
@@ -522,16 +540,8 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         }
         return;
     }
-    inner
-        .stats
-        .pool_idle
-        .store(pool.idle.fetch_add(1, Relaxed) + 1, Relaxed);
-    let taken = || {
-        inner
-            .stats
-            .pool_idle
-            .store(pool.idle.fetch_sub(1, Relaxed).saturating_sub(1), Relaxed);
-    };
+    let idle = |n: usize| inner.stats.pool_idle.store(n, Relaxed);
+    idle(pool.idle.fetch_add(1, Relaxed) + 1);
     watch(
         &inner,
         conn,
@@ -539,19 +549,44 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         id,
         &pool.end,
         (pool.tcp, pool.udp),
-        || {
-            taken();
-            pool.used.fetch_add(1, Relaxed);
-            refill(&inner, &pool);
+        |ev| match ev {
+            PoolEvent::Taken { reuse } => {
+                idle(pool.idle.fetch_sub(1, Relaxed).saturating_sub(1));
+                if reuse {
+                    pool.busy.fetch_add(1, Relaxed);
+                }
+                pool.used.fetch_add(1, Relaxed);
+                refill(&inner, &pool);
+            }
+            PoolEvent::Back => {
+                pool.busy.fetch_sub(1, Relaxed);
+                idle(pool.idle.fetch_add(1, Relaxed) + 1);
+            }
+            PoolEvent::Lost => {
+                pool.busy.fetch_sub(1, Relaxed);
+            }
         },
     )
     .await;
 }
 
+/// What became of an idle pool connection, for the pool's bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoolEvent {
+    /// Its wait is over: a user or flow took it, or it closed; `reuse` when it will come back
+    /// ([`PoolEvent::Back`]) or be lost ([`PoolEvent::Lost`]) after this user.
+    Taken { reuse: bool },
+    /// A reused connection finished its user cleanly and is idle again.
+    Back,
+    /// A reused connection ended with its user.
+    Lost,
+}
+
 /// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
-/// then carry the TCP user or UDP flow it announces to a target. `taken` runs once the wait
-/// is over, whatever ended it. Used by the client in reverse flow and by the server in
-/// forward flow.
+/// then carry the TCP user or UDP flow it announces to a target; a `tcpr` user leaves the
+/// connection idle again for the next line. `on` hears each [`PoolEvent`]: `Taken` once per
+/// wait, whatever ended it. Used by the client in reverse flow and by the server in forward
+/// flow.
 pub(crate) async fn watch(
     inner: &Arc<Inner>,
     mut conn: Conn,
@@ -559,43 +594,142 @@ pub(crate) async fn watch(
     id: u32,
     end: &Shutdown,
     (tcp, udp_on): (bool, bool),
-    taken: impl FnOnce(),
+    mut on: impl FnMut(PoolEvent),
 ) {
-    let first = async { Some(lines.next(&mut conn).await) }
-        .or(async {
-            end.wait().await;
-            None
-        })
-        .await;
-    taken();
-    let (udp, peer) = match first {
-        None => return,
-        Some(Ok(Signal::Tcp { id: got, peer })) if got == id => (false, peer),
-        Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer),
-        Some(Ok(other)) => {
-            log::warn!("pool connection {id}: unexpected {other:?}, closed");
+    loop {
+        let first = async { Some(lines.next(&mut conn).await) }
+            .or(async {
+                end.wait().await;
+                None
+            })
+            .await;
+        let (udp, peer, reuse) = match first {
+            Some(Ok(Signal::Tcp {
+                id: got,
+                peer,
+                reuse,
+            })) if got == id => (false, peer, reuse),
+            Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer, false),
+            None => return on(PoolEvent::Taken { reuse: false }),
+            Some(Ok(other)) => {
+                log::warn!("pool connection {id}: unexpected {other:?}, closed");
+                return on(PoolEvent::Taken { reuse: false });
+            }
+            Some(Err(e)) => {
+                log::debug!("idle pool connection {id} closed: {e}");
+                return on(PoolEvent::Taken { reuse: false });
+            }
+        };
+        on(PoolEvent::Taken { reuse });
+        if (udp && !udp_on) || (!udp && !tcp) {
+            let what = if udp { "UDP" } else { "TCP" };
+            inner.stats.refused.fetch_add(1, Relaxed);
+            if inner.warn.allow() {
+                log::warn!("{what} user {peer} refused: {what} is off on this tunnel");
+            }
+            if reuse {
+                on(PoolEvent::Lost);
+            }
             return;
         }
-        Some(Err(e)) => {
-            log::debug!("idle pool connection {id} closed: {e}");
+        #[cfg(feature = "udp")]
+        if udp {
+            crate::udp::serve_client(inner, conn, lines.leftover(), id, peer).await;
             return;
+        }
+        log::debug!("user {peer} on pool connection {id}");
+        if !reuse {
+            serve_tcp(inner, conn, lines.leftover(), peer).await;
+            return;
+        }
+        if !serve_chunked(inner, &mut conn, lines.leftover(), peer).await {
+            return on(PoolEvent::Lost);
+        }
+        // Those bytes were the first chunks: the next line starts after them.
+        lines.discard_leftover();
+        log::debug!("pool connection {id} idle again");
+        on(PoolEvent::Back);
+    }
+}
+
+/// Carry one `tcpr` user to a target over the chunked pool connection `conn`; `early` are
+/// chunk bytes that came with the line. `true` when the connection is clean for the next user.
+async fn serve_chunked(
+    inner: &Inner,
+    conn: &mut Conn,
+    early: &[u8],
+    peer: std::net::SocketAddr,
+) -> bool {
+    let _active = ActiveGuard::new(&inner.stats, false);
+    // The chunks that came with the line: their payload goes to the target first.
+    let mut dechunk = Dechunk::new();
+    let mut payload = heapless::Vec::<u8, { crate::signal::MAX_LINE }>::new();
+    let mut at = 0;
+    while at < early.len() {
+        match dechunk.step(&early[at..]) {
+            Ok(Step::Payload(n)) => {
+                let _ = payload.extend_from_slice(&early[at..at + n]);
+                at += n;
+            }
+            Ok(Step::Header(n) | Step::End(n)) => at += n,
+            Err(e) => {
+                log::debug!("client: user {peer}: {e}");
+                return false;
+            }
+        }
+    }
+    let Some(mut target) = open_target(inner, peer, &payload).await else {
+        return false;
+    };
+    let st = &inner.stats;
+    match copy::chunked(
+        conn,
+        &mut target,
+        copy::Pool::A,
+        dechunk,
+        &inner.arena,
+        (&st.tcp_rx, &st.tcp_tx),
+        inner.cfg.read,
+        inner.limits.as_ref(),
+    )
+    .await
+    {
+        Ok((up, down)) => {
+            log::debug!("client: user {peer} done: {up} B up, {down} B down");
+            true
+        }
+        Err(e) => {
+            log::debug!("client: user {peer} ended: {e}");
+            false
+        }
+    }
+}
+
+/// Dial a target for user `peer`, send the PROXY header (`proxy=`) and the user's `early`
+/// bytes; `None` (logged) when that fails.
+async fn open_target(inner: &Inner, peer: std::net::SocketAddr, early: &[u8]) -> Option<Conn> {
+    let mut target = match dial_target(inner).await {
+        Ok(t) => t,
+        Err(e) => {
+            inner.stats.refused.fetch_add(1, Relaxed);
+            if inner.warn.allow() {
+                log::warn!("client: user {peer}: no target reachable: {e}");
+            }
+            return None;
         }
     };
-    if (udp && !udp_on) || (!udp && !tcp) {
-        let what = if udp { "UDP" } else { "TCP" };
-        inner.stats.refused.fetch_add(1, Relaxed);
-        if inner.warn.allow() {
-            log::warn!("{what} user {peer} refused: {what} is off on this tunnel");
+    if let Err(e) = send_proxy_header(inner.cfg.proxy, &mut target, peer).await {
+        log::debug!("client: user {peer}: PROXY header not sent: {e}");
+        return None;
+    }
+    if !early.is_empty() {
+        if let Err(e) = target.write_all(early).await {
+            log::debug!("client: user {peer}: target write failed: {e}");
+            return None;
         }
-        return;
+        inner.stats.tcp_rx.add(early.len() as u64);
     }
-    #[cfg(feature = "udp")]
-    if udp {
-        crate::udp::serve_client(inner, conn, lines.leftover(), id, peer).await;
-        return;
-    }
-    log::debug!("user {peer} on pool connection {id}");
-    serve_tcp(inner, conn, lines.leftover(), peer).await;
+    Some(target)
 }
 
 /// Carry one user connection to a target: `early` are user bytes that arrived with the
@@ -607,27 +741,9 @@ pub(crate) async fn serve_tcp(
     peer: std::net::SocketAddr,
 ) {
     let _active = ActiveGuard::new(&inner.stats, false);
-    let mut target = match dial_target(inner).await {
-        Ok(t) => t,
-        Err(e) => {
-            inner.stats.refused.fetch_add(1, Relaxed);
-            if inner.warn.allow() {
-                log::warn!("client: user {peer}: no target reachable: {e}");
-            }
-            return;
-        }
-    };
-    if let Err(e) = send_proxy_header(inner.cfg.proxy, &mut target, peer).await {
-        log::debug!("client: user {peer}: PROXY header not sent: {e}");
+    let Some(mut target) = open_target(inner, peer, early).await else {
         return;
-    }
-    if !early.is_empty() {
-        if let Err(e) = target.write_all(early).await {
-            log::debug!("client: user {peer}: target write failed: {e}");
-            return;
-        }
-        inner.stats.tcp_rx.add(early.len() as u64);
-    }
+    };
     let st = &inner.stats;
     match copy::conns(
         &mut conn,

@@ -126,6 +126,32 @@ pub struct Tuning {
     pub shutdown_timeout: Duration,
     /// `TCP_SPLICE` (0 or 1, default 1): relay plain TCP with splice(2) on Linux.
     pub splice: bool,
+    /// `POOL_REUSE`: which pool connections carry TCP users in chunks and are reused after
+    /// them (`tcpr`) instead of closed (`tcp`).
+    pub reuse: Reuse,
+}
+
+/// `POOL_REUSE`: when a taker reuses a pool connection for the next TCP user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// `0`: never; every pool connection carries one user, then closes.
+    Never,
+    /// `1`: TLS pool connections only (plain ones carry one user each, with splice(2)).
+    Tls,
+    /// `2` (default): every pool connection (no TCP connect, TLS handshake or authentication
+    /// per user).
+    Always,
+}
+
+impl Reuse {
+    /// Whether a pool connection (TLS or not) is reused.
+    pub fn applies(self, tls: bool) -> bool {
+        match self {
+            Reuse::Never => false,
+            Reuse::Tls => tls,
+            Reuse::Always => true,
+        }
+    }
 }
 
 /// Everything a role needs to run, fully validated.

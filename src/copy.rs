@@ -27,6 +27,7 @@ use smol::Timer;
 use std::sync::Arc;
 
 use crate::arena::{Arena, Lease};
+use crate::chunk::{self, Dechunk, HEADER_LEN, MAX_CHUNK};
 use crate::rate::{Limits, Shared};
 use crate::stats::Counter;
 use crate::stream::Conn;
@@ -52,8 +53,20 @@ impl Readable for Conn {
     }
 }
 
+/// What a direction does to the bytes it moves.
+enum Mode {
+    /// Bytes as they are; end of input becomes a write half-close.
+    Raw,
+    /// Into chunks on a reusable pool connection ([`crate::chunk`]); end of input becomes the
+    /// end chunk, and the pool connection stays open.
+    Encode,
+    /// Out of chunks; the end chunk becomes a write half-close. Reads never go past it.
+    Decode(Dechunk),
+}
+
 struct Dir<'c> {
     arena: &'c Arc<Arena>,
+    mode: Mode,
     /// Leased while bytes move; `None` while the source is idle.
     buf: Option<Lease>,
     /// A read found nothing: wait for readability before leasing a buffer again.
@@ -73,15 +86,23 @@ struct Dir<'c> {
 }
 
 impl<'c> Dir<'c> {
-    fn new(arena: &'c Arc<Arena>, counter: &'c Counter, bucket: Option<&'c Shared>) -> Self {
+    fn new(
+        arena: &'c Arc<Arena>,
+        mode: Mode,
+        counter: &'c Counter,
+        bucket: Option<&'c Shared>,
+    ) -> Self {
+        // An end chunk that came with the opening line: nothing to read, only to pass on.
+        let eof = matches!(&mode, Mode::Decode(d) if d.ended());
         Dir {
             arena,
+            mode,
             buf: None,
             parked: false,
             retry: None,
             pos: 0,
             cap: 0,
-            eof: false,
+            eof,
             done: false,
             unflushed: false,
             bytes: 0,
@@ -115,15 +136,23 @@ impl<'c> Dir<'c> {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.pos += n;
-                self.bytes += n as u64;
-                self.counter.add(n as u64);
+                if !matches!(self.mode, Mode::Encode) {
+                    // (Encode counts payload bytes when it reads them: no header bytes.)
+                    self.bytes += n as u64;
+                    self.counter.add(n as u64);
+                }
                 self.unflushed = true;
                 *moved = true;
             }
             if self.eof {
                 self.buf = None;
-                // Flushes, then shuts down the write side: the half-close is passed on.
-                ready!(Pin::new(&mut *w).poll_close(cx))?;
+                if matches!(self.mode, Mode::Encode) {
+                    // The end chunk is written: the pool connection itself stays open.
+                    ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                } else {
+                    // Flushes, then shuts down the write side: the half-close is passed on.
+                    ready!(Pin::new(&mut *w).poll_close(cx))?;
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -160,10 +189,51 @@ impl<'c> Dir<'c> {
                     }
                 }
             };
-            match Pin::new(&mut *r).poll_read(cx, buf) {
-                Poll::Ready(Ok(0)) => self.eof = true,
+            let room = match &self.mode {
+                Mode::Raw => &mut buf[..],
+                Mode::Encode => {
+                    let end = buf.len().min(HEADER_LEN + MAX_CHUNK);
+                    &mut buf[HEADER_LEN..end]
+                }
+                Mode::Decode(d) => {
+                    let end = buf.len().min(d.want());
+                    &mut buf[..end]
+                }
+            };
+            match Pin::new(&mut *r).poll_read(cx, room) {
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    match &self.mode {
+                        Mode::Raw => {}
+                        Mode::Encode => {
+                            buf[..HEADER_LEN].copy_from_slice(&chunk::END);
+                            self.cap = HEADER_LEN;
+                        }
+                        Mode::Decode(_) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "pool connection closed in the middle of a chunked stream",
+                            )))
+                        }
+                    }
+                }
                 Poll::Ready(Ok(n)) => {
-                    self.cap = n;
+                    self.cap = match &mut self.mode {
+                        Mode::Raw => n,
+                        Mode::Encode => {
+                            buf[..HEADER_LEN].copy_from_slice(&chunk::header(n));
+                            self.bytes += n as u64;
+                            self.counter.add(n as u64);
+                            n + HEADER_LEN
+                        }
+                        Mode::Decode(d) => {
+                            let payload = d
+                                .split(&buf[..n])
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                            self.eof = d.ended();
+                            payload
+                        }
+                    };
                     self.parked = false;
                     *moved = true;
                     if let Some(wait) = self.bucket.and_then(|b| b.take(n)) {
@@ -275,8 +345,51 @@ where
     Bidi {
         a,
         b,
-        ab: Dir::new(arena, counters.0, limits.map(|l| &l.up)),
-        ba: Dir::new(arena, counters.1, limits.map(|l| &l.down)),
+        ab: Dir::new(arena, Mode::Raw, counters.0, limits.map(|l| &l.up)),
+        ba: Dir::new(arena, Mode::Raw, counters.1, limits.map(|l| &l.down)),
+        idle: idle.map(|d| (d, Timer::after(d))),
+    }
+    .await
+}
+
+/// Which side of a [`chunked`] copy is the reusable pool connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// `a` (the dialing side: pool connection → target).
+    A,
+    /// `b` (the taking side: user → pool connection).
+    B,
+}
+
+/// [`bidi_limited`] with one side a reusable pool connection speaking chunks
+/// ([`crate::chunk`]); `dechunk` is the state of its incoming direction (it may already hold
+/// part of a header, or the end, from bytes that came with the opening line). `Ok` means both
+/// end chunks crossed and the pool connection is clean: it may carry the next user. Any
+/// error leaves it mid-stream: close it.
+#[allow(clippy::too_many_arguments)] // bidi_limited's arguments plus the two chunk ones
+pub async fn chunked<A, B>(
+    a: &mut A,
+    b: &mut B,
+    pool: Pool,
+    dechunk: Dechunk,
+    arena: &Arc<Arena>,
+    counters: (&Counter, &Counter),
+    idle: Option<Duration>,
+    limits: Option<&Limits>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Readable + Unpin,
+    B: AsyncRead + AsyncWrite + Readable + Unpin,
+{
+    let (ab, ba) = match pool {
+        Pool::A => (Mode::Decode(dechunk), Mode::Encode),
+        Pool::B => (Mode::Encode, Mode::Decode(dechunk)),
+    };
+    Bidi {
+        a,
+        b,
+        ab: Dir::new(arena, ab, counters.0, limits.map(|l| &l.up)),
+        ba: Dir::new(arena, ba, counters.1, limits.map(|l| &l.down)),
         idle: idle.map(|d| (d, Timer::after(d))),
     }
     .await

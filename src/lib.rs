@@ -17,6 +17,7 @@
 
 pub mod arena;
 pub mod auth;
+pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -62,6 +62,12 @@ impl LineReader {
     pub fn leftover(&self) -> &[u8] {
         &self.buf[self.pending..self.len]
     }
+
+    /// Forget the [`LineReader::leftover`] bytes (the caller used them): the next line is
+    /// read from what arrives after them.
+    pub fn discard_leftover(&mut self) {
+        self.len = self.pending;
+    }
 }
 
 /// Write one signal line and flush it.

@@ -17,6 +17,7 @@ use smol::{Async, Timer};
 
 use crate::arena::Arena;
 use crate::auth::{self, Key};
+use crate::chunk::Dechunk;
 use crate::client;
 use crate::config::Config;
 use crate::control::{self, Control, Handler};
@@ -429,7 +430,7 @@ async fn tunnel_conn(
                 // Forward flow: the client takes this connection for a user; wait for its
                 // opening line here and dial the target.
                 let proto = (!inner.cfg.notcp, crate::udp_enabled(&inner.cfg));
-                client::watch(egress, conn, lines, id, &sess.end, proto, || {}).await;
+                client::watch(egress, conn, lines, id, &sess.end, proto, |_| {}).await;
             } else if sess.offer(PoolConn { id, conn }) {
                 inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
             }
@@ -588,8 +589,9 @@ pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
     }
 }
 
-/// Take a live idle pool connection, waiting up to `POOL_GET_TIMEOUT` (also for a session).
-pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
+/// Take a live idle pool connection, waiting up to `POOL_GET_TIMEOUT` (also for a session);
+/// with the session it came from (to give it back for reuse).
+pub(crate) async fn take_pool(inner: &Inner) -> Option<(Arc<Session>, PoolConn)> {
     let deadline = Instant::now() + inner.cfg.tuning.pool_get_timeout;
     loop {
         let Some(sess) = inner.current() else {
@@ -608,7 +610,7 @@ pub(crate) async fn take_pool(inner: &Inner) -> Option<PoolConn> {
             .await;
         inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
         match got {
-            Some(pc) if pc.conn.idle_ok() => return Some(pc),
+            Some(pc) if pc.conn.idle_ok() => return Some((sess, pc)),
             Some(pc) => log::debug!("pool connection {} was closed while idle", pc.id),
             None if Instant::now() >= deadline => return None,
             None => {}
@@ -623,20 +625,56 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _ac
         inner.shutdown.wait().await;
         None
     };
-    let Some(mut pc) = take_pool(&inner).or(stopping).await else {
+    let Some((sess, mut pc)) = take_pool(&inner).or(stopping).await else {
         inner.stats.refused.fetch_add(1, Relaxed);
         if inner.refusals.allow() {
             log::warn!("user {peer} refused: no pool connection from the client in {wait:?}");
         }
         return;
     };
-    if let Err(e) = send(&mut pc.conn, &Signal::Tcp { id: pc.id, peer }).await {
-        log::debug!("user {peer}: pool connection {} failed: {e}", pc.id);
+    let reuse = inner.cfg.tuning.reuse.applies(pc.conn.is_tls());
+    let (id, line) = (
+        pc.id,
+        Signal::Tcp {
+            id: pc.id,
+            peer,
+            reuse,
+        },
+    );
+    if let Err(e) = send(&mut pc.conn, &line).await {
+        log::debug!("user {peer}: pool connection {id} failed: {e}");
         return;
     }
-    log::debug!("user {peer} on pool connection {}", pc.id);
+    log::debug!("user {peer} on pool connection {id}");
     let mut user = Conn::Plain(s);
     let st = &inner.stats;
+    if reuse {
+        let done = copy::chunked(
+            &mut user,
+            &mut pc.conn,
+            copy::Pool::B,
+            Dechunk::new(),
+            &inner.arena,
+            (&st.tcp_rx, &st.tcp_tx),
+            inner.cfg.read,
+            inner.limits.as_ref(),
+        )
+        .await;
+        match done {
+            Ok((up, down)) => {
+                log::debug!(
+                    "user {peer} done: {up} B up, {down} B down; pool connection {id} reused"
+                );
+                // Back in the queue for the next user, unless the session ended meanwhile.
+                if !sess.end.is_triggered() && sess.offer(pc) {
+                    inner.stats.pool_reused.fetch_add(1, Relaxed);
+                    inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
+                }
+            }
+            Err(e) => log::debug!("user {peer} ended: {e}"),
+        }
+        return;
+    }
     match copy::conns(
         &mut user,
         &mut pc.conn,

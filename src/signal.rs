@@ -88,12 +88,16 @@ pub enum Signal<'a> {
         /// Free text, printable ASCII.
         text: &'a str,
     },
-    /// A pool connection carries a TCP user from now on: `tcp <id> <addr>`.
+    /// A pool connection carries a TCP user from now on: `tcp <id> <addr>`, or `tcpr <id>
+    /// <addr>` when the user's bytes travel in chunks and the pool connection is reused
+    /// afterwards ([`crate::chunk`]).
     Tcp {
         /// The pool connection's id.
         id: u32,
         /// The user's address (for logs and PROXY headers).
         peer: SocketAddr,
+        /// `tcpr`: chunked, and reused once both directions have ended.
+        reuse: bool,
     },
     /// A pool connection carries one UDP flow from now on: `udp <id> <addr>`.
     Udp {
@@ -300,8 +304,9 @@ impl<'a> Signal<'a> {
                     let _ = line.push(b);
                 }
             }
-            Signal::Tcp { id, peer } => {
-                let _ = write!(line, "tcp {id} {peer}");
+            Signal::Tcp { id, peer, reuse } => {
+                let r = if reuse { "r" } else { "" };
+                let _ = write!(line, "tcp{r} {id} {peer}");
             }
             Signal::Udp { id, peer } => {
                 let _ = write!(line, "udp {id} {peer}");
@@ -444,9 +449,10 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
                 text: parse_text(t.rest.ok_or(bad("missing token"))?)?,
             });
         }
-        b"tcp" => Signal::Tcp {
+        b"tcp" | b"tcpr" => Signal::Tcp {
             id: parse_u32(t.next()?)?,
             peer: parse_addr(t.next()?)?,
+            reuse: word == b"tcpr",
         },
         b"udp" => Signal::Udp {
             id: parse_u32(t.next()?)?,

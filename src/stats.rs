@@ -61,6 +61,8 @@ pub struct Stats {
     pub pool_idle: AtomicUsize,
     /// Pool capacity now (client) or the session's max (server).
     pub pool_size: AtomicUsize,
+    /// Pool connections that carried a user and went back to the idle queue (`tcpr`).
+    pub pool_reused: AtomicUsize,
     /// Last control round trip in microseconds (0 until measured).
     pub ping_us: AtomicUsize,
 }
@@ -74,9 +76,10 @@ impl Stats {
     /// The human stats line logged every `REPORT_INTERVAL`.
     pub fn line(&self) -> String {
         format!(
-            "stats: pool {}/{} idle, tcp {} open ({} B in, {} B out), udp {} open ({} B in, {} B out, {} dropped), refused {}, bad peers {}, ping {:.1} ms",
+            "stats: pool {}/{} idle ({} reused), tcp {} open ({} B in, {} B out), udp {} open ({} B in, {} B out, {} dropped), refused {}, bad peers {}, ping {:.1} ms",
             self.pool_idle.load(Relaxed),
             self.pool_size.load(Relaxed),
+            self.pool_reused.load(Relaxed),
             self.tcp_active.load(Relaxed),
             self.tcp_rx.get(),
             self.tcp_tx.get(),

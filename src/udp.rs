@@ -80,7 +80,7 @@ pub(crate) struct PoolOpener(pub(crate) Arc<server::Inner>);
 
 impl Opener for PoolOpener {
     async fn open(&self, src: SocketAddr, queue: &Mutex<Queue>) -> Result<Opened> {
-        let Some(mut pc) = take_pool(&self.0).await else {
+        let Some((_, mut pc)) = take_pool(&self.0).await else {
             return Err(Error::Timeout("no pool connection from the client"));
         };
         let line = Signal::Udp {

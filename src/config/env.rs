@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::values::{err, number};
-use super::{ConfigError, Tuning, DEFAULT_MAX, DEFAULT_MIN, MAX_POOL};
+use super::{ConfigError, Reuse, Tuning, DEFAULT_MAX, DEFAULT_MIN, MAX_POOL};
 use crate::duration::parse_duration;
 
 /// The lookup function handed to [`super::parse`].
@@ -36,6 +36,7 @@ impl Default for Tuning {
             service_cooldown: ms(3_000),
             shutdown_timeout: ms(5_000),
             splice: true,
+            reuse: Reuse::Always,
         }
     }
 }
@@ -70,6 +71,11 @@ impl Tuning {
             // Zero makes sense here: close open connections at once on a stop signal.
             shutdown_timeout: time(env, "SHUTDOWN_TIMEOUT", d.shutdown_timeout, true)?,
             splice: size(env, "TCP_SPLICE", usize::from(d.splice), 0, 1)? == 1,
+            reuse: match size(env, "POOL_REUSE", d.reuse as usize, 0, 2)? {
+                0 => Reuse::Never,
+                1 => Reuse::Tls,
+                _ => Reuse::Always,
+            },
         };
         if t.min_pool_interval > t.max_pool_interval {
             return Err(err(

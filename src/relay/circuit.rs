@@ -85,7 +85,11 @@ pub(super) async fn visit(
         let line = if udp {
             Signal::Udp { id, peer }
         } else {
-            Signal::Tcp { id, peer }
+            Signal::Tcp {
+                id,
+                peer,
+                reuse: false,
+            }
         };
         send(&mut pc.conn, &line).await?;
         let early = lines.leftover();

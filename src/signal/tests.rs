@@ -75,10 +75,12 @@ fn samples() -> Vec<Signal<'static>> {
         Signal::Tcp {
             id: 1,
             peer: "1.2.3.4:5".parse().unwrap(),
+            reuse: false,
         },
         Signal::Tcp {
             id: u32::MAX,
             peer: "[::1]:65535".parse().unwrap(),
+            reuse: true,
         },
         Signal::Udp {
             id: 7,
@@ -168,8 +170,17 @@ fn encodes_exact_lines() {
             Signal::Tcp {
                 id: 3,
                 peer: "[::1]:80".parse().unwrap(),
+                reuse: false,
             },
             "tcp 3 [::1]:80\n",
+        ),
+        (
+            Signal::Tcp {
+                id: 4,
+                peer: "10.0.0.1:8".parse().unwrap(),
+                reuse: true,
+            },
+            "tcpr 4 10.0.0.1:8\n",
         ),
         (
             Signal::Hello {
