@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     session: Mutex<Option<Arc<Session>>>,
     pending: Mutex<PendingTable>,
     refusals: RateLimit,
+    /// Warnings about tunnel-port peers that fail the handshake (a flood would make one each;
+    /// the rest go to debug, and every one is counted in `bad_peers`).
+    bad_log: RateLimit,
     /// `rate=`: the process's token buckets.
     limits: Option<Limits>,
     /// Forward flow (`mode=2`): the server dials the targets for the client's users, with the
@@ -160,6 +163,7 @@ impl Inner {
             session: Mutex::new(None),
             pending: Mutex::default(),
             refusals: RateLimit::new(Duration::from_secs(1)),
+            bad_log: RateLimit::new(Duration::from_secs(1)),
             egress,
             #[cfg(feature = "tls")]
             tls,
@@ -404,7 +408,11 @@ async fn tunnel_conn(
         }
         Err(e) => {
             inner.stats.bad_peers.fetch_add(1, Relaxed);
-            log::warn!("tunnel: {peer} refused: {e}");
+            if inner.bad_log.allow() {
+                log::warn!("tunnel: {peer} refused: {e}");
+            } else {
+                log::debug!("tunnel: {peer} refused: {e}");
+            }
             return;
         }
     };
