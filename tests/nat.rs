@@ -1,9 +1,18 @@
 //! NAT for real: network namespaces client-ns (10.99.1.2) — router-ns (10.99.1.1 / 10.99.2.1,
-//! iptables MASQUERADE) — server-ns (10.99.2.2), the real binaries in them. The tunnel works
-//! through the NAT; flushing the router's conntrack table (a NAT rebinding: the old mapping's
-//! packets are dropped as invalid) is detected by heartbeats and the client recovers by
-//! itself; 2% loss (and 50 ms delay where the kernel has netem) still gives correct data.
-//! Needs root (`ip netns add`); skips with a message otherwise. Run: `tests/nat.sh`.
+//! iptables MASQUERADE) — server-ns (10.99.2.2), the real binaries in them. Run: `tests/nat.sh`.
+//! Needs root (`ip netns add`); skips with a message otherwise.
+//!
+//! `nat_traversal_rebinding_and_loss` (client-ns and router-ns joined by a veth pair): the
+//! tunnel works through the NAT; flushing the router's conntrack table (a NAT rebinding: the
+//! old mapping's packets are dropped as invalid) is detected by heartbeats and the client
+//! recovers by itself; 2% loss on the router's link to the server (iptables, or `tc netem`
+//! where the kernel has it) still gives correct data.
+//!
+//! `nat_delayed_lossy_link`: client-ns and router-ns are joined by a link emulated in user
+//! space instead (`common::link`: a TUN device in each namespace, a thread of this test
+//! carrying the packets between them 25 ms late each way, 50 ms round trip, and dropping 2% of
+//! them each way), as `tc netem` would do, which this kernel may lack. The tunnel through the
+//! NAT carries 4 MiB intact across it, and the client's ping shows the delay.
 //!
 //! The echo target (client-ns) and the user (server-ns) are this test binary re-run inside
 //! the namespace through `ip netns exec` with `EP_NAT_ROLE` set (the `nat_helper` test).
@@ -18,13 +27,20 @@ use common::*;
 
 const ENV: &[(&str, &str)] = &[("REPORT_INTERVAL", "1s"), ("SERVICE_COOLDOWN", "100ms")];
 
-/// The namespaces of one run; dropping removes them (and the links inside them).
+/// The namespaces of one run; dropping stops the link emulator, if any, and removes them (and
+/// the links inside them).
 struct Net {
     names: [String; 3],
+    /// The tag and pid in the names of the namespaces and interfaces.
+    id: String,
+    link: Option<link::Link>,
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
+        if let Some(l) = self.link.take() {
+            l.stop();
+        }
         for n in &self.names {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
@@ -59,9 +75,18 @@ fn must(ns: Option<&str>, cmd: &str) {
     assert!(sh(ns, cmd), "failed: {cmd} (in {ns:?})");
 }
 
-/// Build the three namespaces, or `None` (with a message) where that is not allowed.
-fn build() -> Option<Net> {
-    let id = std::process::id() % 100_000;
+/// How the client namespace is wired to the router.
+enum Wire {
+    /// A veth pair: no delay, no loss.
+    Veth,
+    /// Two TUN devices joined by the link emulator of `common::link` with this shape.
+    Emulated(link::Shape),
+}
+
+/// Build the three namespaces (names and interfaces carry `tag` and the pid, so tests can run
+/// side by side), or `None` (with a message) where that is not allowed.
+fn build(tag: char, wire: Wire) -> Option<Net> {
+    let id = format!("{tag}{}", std::process::id() % 100_000);
     let names = [format!("epc{id}"), format!("epr{id}"), format!("eps{id}")];
     if !sh(None, &format!("ip netns add {}", names[0])) {
         eprintln!("SKIPPED: cannot create network namespaces here (needs root and `ip netns add`)");
@@ -69,12 +94,32 @@ fn build() -> Option<Net> {
     }
     let _ = sh(None, &format!("ip netns add {}", names[1]));
     let _ = sh(None, &format!("ip netns add {}", names[2]));
-    let net = Net { names };
-    let (c, r, s) = (net.ns(0), net.ns(1), net.ns(2));
-    must(
-        None,
-        &format!("ip link add vc{id} type veth peer name vrc{id}"),
-    );
+    let mut net = Net {
+        names,
+        id: id.clone(),
+        link: None,
+    };
+    let [c, r, s] = net.names.clone();
+    let (c, r, s) = (c.as_str(), r.as_str(), s.as_str());
+    match wire {
+        Wire::Veth => must(
+            None,
+            &format!("ip link add vc{id} type veth peer name vrc{id}"),
+        ),
+        Wire::Emulated(shape) => {
+            if !std::path::Path::new("/dev/net/tun").exists() {
+                let _ = sh(None, "mkdir -p /dev/net && mknod /dev/net/tun c 10 200");
+            }
+            let (Ok(a), Ok(b)) = (
+                link::tun(&format!("vc{id}")),
+                link::tun(&format!("vrc{id}")),
+            ) else {
+                eprintln!("SKIPPED: cannot create TUN devices here (/dev/net/tun)");
+                return None;
+            };
+            net.link = Some(link::Link::start(a, b, shape));
+        }
+    }
     must(
         None,
         &format!("ip link set vc{id} netns {c} && ip link set vrc{id} netns {r}"),
@@ -138,7 +183,7 @@ fn user(net: &Net, bytes: usize, seed: u32) -> bool {
 /// The roles run inside the namespaces (not a test on its own: returns at once without
 /// `EP_NAT_ROLE`).
 #[test]
-#[ignore = "helper of nat_traversal_rebinding_and_loss"]
+#[ignore = "helper of the NAT tests"]
 fn nat_helper() {
     let Ok(role) = std::env::var("EP_NAT_ROLE") else {
         return;
@@ -173,11 +218,16 @@ fn echo_on(port: u16) -> (std::net::SocketAddr, smol::Task<()>) {
     echo_server_at(([127, 0, 0, 1], port).into())
 }
 
-#[test]
-#[ignore = "needs root and network namespaces; tests/nat.sh"]
-fn nat_traversal_rebinding_and_loss() {
-    let Some(net) = build() else { return };
-    let t0 = Instant::now();
+/// The real binaries in the namespaces with the session up: the echo target and the client
+/// in client-ns, the server in server-ns.
+struct Tunnel {
+    server: Child,
+    client: Child,
+    clog: std::sync::mpsc::Receiver<String>,
+    _echo: Child,
+}
+
+fn tunnel(net: &Net) -> Tunnel {
     let _echo = Child(helper(net.ns(0), "echo", &[]));
     let netns = |ns: &str, url: &str| {
         let mut c = Command::new("ip");
@@ -187,12 +237,12 @@ fn nat_traversal_rebinding_and_loss() {
             .stdin(Stdio::null());
         spawn_cmd(c)
     };
-    let (mut server, slog) = netns(
+    let (server, slog) = netns(
         net.ns(2),
         "server://s3cret@10.99.2.2:7100/127.0.0.1:7200?log=info",
     );
     wait_line(&slog, "server: tunnel on");
-    let (mut client, clog) = netns(
+    let (client, clog) = netns(
         net.ns(0),
         "client://s3cret@10.99.2.2:7100/127.0.0.1:7000?log=info",
     );
@@ -200,6 +250,27 @@ fn nat_traversal_rebinding_and_loss() {
     // The server sees the router's address: the NAT is in the path.
     let line = wait_line(&slog, "session up");
     assert!(line.contains("10.99.2.1:"), "not through the NAT: {line}");
+    Tunnel {
+        server,
+        client,
+        clog,
+        _echo,
+    }
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; tests/nat.sh"]
+fn nat_traversal_rebinding_and_loss() {
+    let Some(net) = build('n', Wire::Veth) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let Tunnel {
+        mut server,
+        mut client,
+        clog,
+        _echo,
+    } = tunnel(&net);
     assert!(user(&net, 256 * 1024, 1), "no traffic through the NAT");
 
     // Rebinding: flush the NAT table; the old connections' packets now die at the router.
@@ -224,7 +295,7 @@ fn nat_traversal_rebinding_and_loss() {
 
     // Loss (and delay where the kernel has netem) on the router's link to the server.
     let r = net.ns(1);
-    let id = std::process::id() % 100_000;
+    let id = &net.id;
     let how = if sh(
         Some(r),
         &format!("tc qdisc add dev vrs{id} root netem loss 2% delay 50ms"),
@@ -249,4 +320,82 @@ fn nat_traversal_rebinding_and_loss() {
     );
     assert!(server.running() && client.running());
     eprintln!("FIGURE NAT test: {:?} in all", t0.elapsed());
+}
+
+/// The link of [`nat_delayed_lossy_link`]: 25 ms each way (a 50 ms round trip, as `tc netem
+/// delay 50ms` on one side of a link) and 2% of the packets lost each way.
+const SHAPE: link::Shape = link::Shape {
+    delay: Duration::from_millis(25),
+    loss_per_10k: 200,
+    seed: 0x5eed,
+    queue: 4096,
+};
+
+/// `... ping 51.3 ms` at the end of a stats line -> 51.3 ms, if a ping has been answered.
+fn stats_ping(line: &str) -> Option<Duration> {
+    let (_, tail) = line.rsplit_once(", ping ")?;
+    let ms: f64 = tail.strip_suffix(" ms")?.parse().ok()?;
+    (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// The client reaches the router over an emulated link with delay and loss (this kernel may
+/// have no `sch_netem`): the tunnel through the NAT still carries 4 MiB each way intact, and
+/// the client's own ping shows the delay is there.
+#[test]
+#[ignore = "needs root, network namespaces and /dev/net/tun; tests/nat.sh"]
+fn nat_delayed_lossy_link() {
+    let Some(mut net) = build('d', Wire::Emulated(SHAPE)) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let Tunnel {
+        mut server,
+        mut client,
+        clog,
+        _echo,
+    } = tunnel(&net);
+    let sent = Instant::now();
+    assert!(
+        user(&net, 4 << 20, 4),
+        "4 MiB through the delayed lossy link came back wrong"
+    );
+    let took = sent.elapsed();
+    // The client pings the server over the tunnel every REPORT_INTERVAL (1 s) and logs the
+    // last round trip in its stats line: read three answered ones once the link is idle.
+    drain(&clog);
+    let mut pings = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while pings.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no answered pings in the client's stats"
+        );
+        pings.extend(stats_ping(&wait_line(&clog, "stats:")));
+    }
+    pings.sort();
+    let (min, max) = (pings[0], pings[pings.len() - 1]);
+    assert!(server.running() && client.running());
+    let counts = net.link.take().expect("the link emulator").stop();
+    let sum = |a: [u64; 2]| a[0] + a[1];
+    let (fwd, lost, over) = (
+        sum(counts.forwarded),
+        sum(counts.lost),
+        sum(counts.overflow),
+    );
+    eprintln!(
+        "FIGURE NAT delayed lossy link ({:?} each way, {}% loss each way): idle ping {min:?} .. {max:?} ({} pings); 4 MiB echoed intact in {took:?}; link: {fwd} packets delivered, {lost} dropped at random ({:.2}%), {over} for a full queue",
+        SHAPE.delay,
+        SHAPE.loss_per_10k as f64 / 100.0,
+        pings.len(),
+        100.0 * lost as f64 / (fwd + lost + over).max(1) as f64,
+    );
+    assert!(
+        min >= Duration::from_millis(45),
+        "ping {min:?}: the link's delay is not there"
+    );
+    assert!(lost > 0, "the link dropped nothing");
+    eprintln!(
+        "FIGURE NAT delayed lossy link test: {:?} in all",
+        t0.elapsed()
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod bin;
 pub mod hostile;
+pub mod link;
 pub mod procfs;
 pub mod udp;
 
