@@ -4,7 +4,8 @@
 #   cross/build.sh [options] TARGET... | all
 #
 # Options:
-#   --profile NAME          cargo profile: release (default) or minimal
+#   --profile NAME          cargo profile for every target (default: router for armv7, arm,
+#                           mipsel and mips, release for x86_64 and aarch64); see Cargo.toml
 #   --features LIST         cargo features (comma separated)
 #   --no-default-features   drop the default features (tls, udp, relay)
 #   --dist DIR              where to copy the binaries (default: dist)
@@ -15,6 +16,8 @@
 #   zig    cargo-zigbuild with the ziglang linker from PyPI (no Docker). x86_64 and aarch64
 #          use stable with rustup's std; armv7, arm, mipsel and mips use the nightly named in
 #          cross/nightly.txt with -Zbuild-std=std,panic_abort (their std does not download).
+# Size flags: with the router or minimal profile, the -Zbuild-std targets also get std's
+# optimize_for_size feature, immediate-abort panics and no panic locations (size_flags below).
 # Per-target rustc flags live in .cargo/config.toml; do not set RUSTFLAGS, it replaces them.
 set -euo pipefail
 
@@ -31,7 +34,7 @@ ALL_TARGETS=(
     mips-unknown-linux-musl
 )
 
-profile=release
+profile=
 dist=dist
 backend=
 cargo_feature_args=()
@@ -72,12 +75,27 @@ needs_build_std() {
     esac
 }
 
-# cargo names the output directory after the profile, except that "dev" writes to "debug".
-profile_dir=$profile
-[ "$profile" = dev ] && profile_dir=debug
+# Size over speed for the routers: the -Zbuild-std targets in a size profile (router, minimal)
+# get std built with `optimize_for_size`, panics that abort at once without formatting a
+# message (`-C panic=immediate-abort`) and no file/line/column strings for panic locations.
+# These rustflags are added to (not in place of) the ones in .cargo/config.toml.
+size_flags() {
+    local target=$1 prof=$2
+    needs_build_std "$target" || return 0
+    case "$prof" in router|minimal) ;; *) return 0 ;; esac
+    printf '%s\n' -Zbuild-std-features=optimize_for_size --config \
+        "target.$target.rustflags=[\"-Zunstable-options\", \"-Cpanic=immediate-abort\", \"-Zlocation-detail=none\"]"
+}
 
 build_one() {
     local target=$1
+    local prof=$profile
+    if [ -z "$prof" ]; then
+        if needs_build_std "$target"; then prof=router; else prof=release; fi
+    fi
+    # cargo names the output directory after the profile, except that "dev" writes to "debug".
+    local prof_dir=$prof
+    [ "$prof" = dev ] && prof_dir=debug
     local cmd
     case "$backend" in
         zig)
@@ -88,20 +106,24 @@ build_one() {
             fi
             ;;
         cross)
-            case "$target" in
-                # Tier 3: Cross.toml turns on build-std for these; it needs nightly.
-                mips*-unknown-linux-musl) cmd=(cross "+$nightly" build) ;;
-                *) cmd=(cross build) ;;
-            esac
+            # Cross.toml turns on build-std for these; it needs nightly.
+            if needs_build_std "$target"; then
+                cmd=(cross "+$nightly" build)
+            else
+                cmd=(cross build)
+            fi
             ;;
         *) echo "build.sh: unknown backend $backend" >&2; exit 2 ;;
     esac
-    cmd+=(--locked --profile "$profile" --target "$target" --bin edgepass)
+    local flags
+    mapfile -t flags < <(size_flags "$target" "$prof")
+    cmd+=(${flags[@]+"${flags[@]}"})
+    cmd+=(--locked --profile "$prof" --target "$target" --bin edgepass)
     cmd+=(${cargo_feature_args[@]+"${cargo_feature_args[@]}"})
     echo "==> [$backend] ${cmd[*]}" >&2
     local start=$SECONDS
     "${cmd[@]}"
-    local out="${CARGO_TARGET_DIR:-target}/$target/$profile_dir/edgepass"
+    local out="${CARGO_TARGET_DIR:-target}/$target/$prof_dir/edgepass"
     [ -f "$out" ] || { echo "build.sh: $out was not produced" >&2; exit 1; }
     mkdir -p "$dist/$target"
     cp "$out" "$dist/$target/edgepass"
