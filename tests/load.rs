@@ -39,12 +39,12 @@ fn figures(b: &Binaries) -> [(u64, usize); 2] {
 }
 
 /// What a held burst may leave resident per idle pool connection, in KiB: one heap page.
-/// The pool refills while the burst is still open, so its new idle connections (each a task,
-/// a reactor source and a wait listener: a few small heap blocks) land in the holes of the
-/// heap the burst then frees; the allocator gives back whole free pages only (glibc's
+/// The pool refills while the burst is still open, so its new idle connections (on the
+/// client a task, a reactor source and two small blocks each) land in the holes of the heap
+/// the burst then frees; the allocator gives back whole free pages only (glibc's
 /// `malloc_trim`; musl frees a group when all its slots are free), and each of those blocks
 /// can keep the page it sits on. Measured after 9,000 held (release binary, glibc): the
-/// client's heap 2.5 MiB above idle with a pool of 900, 0.6 MiB with a pool of 64
+/// client's heap 1.7 MiB above idle with a pool of 900, 0.8 MiB with a pool of 64
 /// (RELIABILITY.md, section 3).
 const KIB_PER_POOL_CONN: u64 = 4;
 
