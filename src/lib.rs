@@ -292,12 +292,16 @@ impl Node {
         let reporter = (!own_report).then(|| {
             crate::rt::spawn(report(
                 self.stats.clone(),
-                (self.arena.clone(), self.udp_arena.clone()),
                 self.report,
                 self.cfg_log,
                 self.mode,
             ))
         });
+        // Every role, the relay included, gives memory back after a burst.
+        let releaser = crate::rt::spawn(release(
+            self.stats.clone(),
+            (self.arena.clone(), self.udp_arena.clone()),
+        ));
         let res = match self.role {
             Role_::Server(s) => s.run().await,
             Role_::Client(c) => c.run().await,
@@ -322,44 +326,76 @@ impl Node {
         if let Some(r) = reporter {
             r.cancel().await;
         }
+        releaser.cancel().await;
         res
     }
 }
 
-/// Every `REPORT_INTERVAL`: the stats line and the CHECK_POINT event line. Every
-/// `RELEASE_TICK`: idle buffer pages back to the kernel, and the heap trimmed once after the
-/// last connection closed, so memory returns to idle soon after a burst.
-async fn report(
-    stats: Arc<Stats>,
-    (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>),
-    every: Duration,
-    log: LogLevel,
-    mode: u8,
-) {
-    let mut next_report = Instant::now() + every;
-    let mut trimmed = true;
+/// Every `REPORT_INTERVAL`: the stats line and the CHECK_POINT event line.
+async fn report(stats: Arc<Stats>, every: Duration, log: LogLevel, mode: u8) {
     loop {
-        let release = Instant::now() + RELEASE_TICK;
-        Timer::at(release.min(next_report)).await;
-        // Buffers are leased only while bytes move: free ones can go even with open connections.
-        arena.release_idle();
-        if let Some(a) = &udp_arena {
-            a.release_idle();
-        }
-        if stats.active() > 0 {
-            trimmed = false;
-        } else if !trimmed {
-            util::trim_heap();
-            trimmed = true;
-        }
-        if Instant::now() < next_report {
-            continue;
-        }
-        next_report = Instant::now() + every;
+        Timer::after(every).await;
         match log {
             LogLevel::Event => println!("{}", stats.checkpoint(mode)),
             LogLevel::Debug | LogLevel::Info => log::info!("{}", stats.line()),
             _ => {}
         }
+    }
+}
+
+/// Every `RELEASE_TICK`: the pages of free buffers back to the kernel (buffers are leased
+/// only while bytes move, so free ones can go even with connections open), and the heap
+/// trimmed once when no connection is open after any activity since the last trim, so memory
+/// returns to idle soon after a burst.
+async fn release(stats: Arc<Stats>, (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>)) {
+    let mut idle = IdleTrim::default();
+    loop {
+        Timer::after(RELEASE_TICK).await;
+        let mut released = arena.release_idle();
+        if let Some(a) = &udp_arena {
+            released += a.release_idle();
+        }
+        idle.tick(stats.active(), released);
+    }
+}
+
+/// When to trim the heap: once, on the first tick with nothing open after activity. Activity
+/// is a connection open at a tick, or buffers used since the last one: a burst that starts and
+/// ends between two ticks counts too.
+#[derive(Debug, Default)]
+struct IdleTrim {
+    /// Something ran since the last trim.
+    pending: bool,
+}
+
+impl IdleTrim {
+    /// One tick with `active` sessions open and `released` buffers given back; trims the
+    /// heap when it is time and says whether it did.
+    fn tick(&mut self, active: usize, released: usize) -> bool {
+        if active > 0 || released > 0 {
+            self.pending = true;
+        }
+        if active > 0 || !self.pending {
+            return false;
+        }
+        self.pending = false;
+        util::trim_heap();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdleTrim;
+
+    #[test]
+    fn trims_once_after_activity_even_between_ticks() {
+        let mut t = IdleTrim::default();
+        assert!(!t.tick(0, 0), "nothing ran yet");
+        assert!(!t.tick(3, 2), "connections open");
+        assert!(t.tick(0, 0), "first idle tick after a burst");
+        assert!(!t.tick(0, 0), "once");
+        assert!(t.tick(0, 4), "a burst between two ticks");
+        assert!(!t.tick(0, 0));
     }
 }

@@ -165,9 +165,6 @@ impl Relay {
 async fn report(inner: Arc<Inner>) {
     loop {
         Timer::after(inner.cfg.relay.stats).await;
-        if inner.stats.active() == 0 {
-            inner.arena.release_idle();
-        }
         match inner.cfg.log {
             LogLevel::Event => println!("{}", inner.rstats.event(&inner.stats)),
             LogLevel::Debug | LogLevel::Info => log::info!("{}", inner.rstats.line(&inner.stats)),
