@@ -34,6 +34,10 @@ use crate::util::{backoff, RateLimit};
 /// Pool tick adjustment step (NodePass's rule).
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
+/// Pool connections dialed at once, at most: half of what the server lets be mid-handshake
+/// (`server::MAX_PENDING`), so a refill after a burst is never cut short as a flood would be.
+const MAX_DIALING: usize = server::MAX_PENDING / 2;
+
 pub(crate) struct Inner {
     pub(crate) cfg: Config,
     key: Key,
@@ -451,7 +455,9 @@ impl Handler for PoolManager {
         self.pool.capacity.store(capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
         let busy = self.pool.busy.load(Relaxed);
-        let need = capacity.saturating_sub(pooled(idle, dialing, busy, capacity));
+        let need = capacity
+            .saturating_sub(pooled(idle, dialing, busy, capacity))
+            .min(MAX_DIALING.saturating_sub(dialing));
         for _ in 0..need {
             self.pool.dialing.fetch_add(1, Relaxed);
             crate::rt::spawn(pool_conn(self.inner.clone(), self.pool.clone())).detach();
@@ -493,13 +499,11 @@ fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
         pool.capacity.store(cap, Relaxed);
         inner.stats.pool_size.store(cap, Relaxed);
     }
-    let counted = pooled(
-        idle,
-        pool.dialing.load(Relaxed),
-        pool.busy.load(Relaxed),
-        cap,
-    );
-    let need = cap.saturating_sub(counted);
+    let dialing = pool.dialing.load(Relaxed);
+    let counted = pooled(idle, dialing, pool.busy.load(Relaxed), cap);
+    let need = cap
+        .saturating_sub(counted)
+        .min(MAX_DIALING.saturating_sub(dialing));
     for _ in 0..need {
         pool.dialing.fetch_add(1, Relaxed);
         crate::rt::spawn(pool_conn(inner.clone(), pool.clone())).detach();
