@@ -342,11 +342,29 @@ where
     A: AsyncRead + AsyncWrite + Readable + Unpin,
     B: AsyncRead + AsyncWrite + Readable + Unpin,
 {
+    let modes = (Mode::Raw, Mode::Raw);
+    copy_modes(a, b, modes, arena, counters, idle, limits).await
+}
+
+/// The two-direction copy of [`bidi_limited`] and [`chunked`], each direction in its mode.
+async fn copy_modes<A, B>(
+    a: &mut A,
+    b: &mut B,
+    (ab, ba): (Mode, Mode),
+    arena: &Arc<Arena>,
+    counters: (&Counter, &Counter),
+    idle: Option<Duration>,
+    limits: Option<&Limits>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Readable + Unpin,
+    B: AsyncRead + AsyncWrite + Readable + Unpin,
+{
     Bidi {
         a,
         b,
-        ab: Dir::new(arena, Mode::Raw, counters.0, limits.map(|l| &l.up)),
-        ba: Dir::new(arena, Mode::Raw, counters.1, limits.map(|l| &l.down)),
+        ab: Dir::new(arena, ab, counters.0, limits.map(|l| &l.up)),
+        ba: Dir::new(arena, ba, counters.1, limits.map(|l| &l.down)),
         idle: idle.map(|d| (d, Timer::after(d))),
     }
     .await
@@ -381,18 +399,11 @@ where
     A: AsyncRead + AsyncWrite + Readable + Unpin,
     B: AsyncRead + AsyncWrite + Readable + Unpin,
 {
-    let (ab, ba) = match pool {
+    let modes = match pool {
         Pool::A => (Mode::Decode(dechunk), Mode::Encode),
         Pool::B => (Mode::Encode, Mode::Decode(dechunk)),
     };
-    Bidi {
-        a,
-        b,
-        ab: Dir::new(arena, ab, counters.0, limits.map(|l| &l.up)),
-        ba: Dir::new(arena, ba, counters.1, limits.map(|l| &l.down)),
-        idle: idle.map(|d| (d, Timer::after(d))),
-    }
-    .await
+    copy_modes(a, b, modes, arena, counters, idle, limits).await
 }
 
 /// Relay two connections as [`bidi_limited`] does, with splice(2) when both are plain TCP on
