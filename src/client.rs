@@ -34,6 +34,10 @@ use crate::util::{backoff, RateLimit};
 /// Pool tick adjustment step (NodePass's rule).
 const INTERVAL_STEP: Duration = Duration::from_millis(100);
 
+/// Ticks between two `trim`s: the previous one must have taken effect (the closed connections
+/// counted out) before the surplus is measured again.
+const TRIM_TICKS: u32 = 2;
+
 /// Pool connections dialed at once, at most: half of what the server lets be mid-handshake
 /// (`server::MAX_PENDING`), so a refill after a burst is never cut short as a flood would be.
 const MAX_DIALING: usize = server::MAX_PENDING / 2;
@@ -444,11 +448,12 @@ impl Handler for PoolManager {
         } else if idle * 5 > cap * 4 {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
-        // Grow when more than 80% of the pool was used this tick, shrink under 20%.
+        // Grow when more than 80% of the pool was used this tick; under 20%, halve it (a pool
+        // doubled for a burst gives its connections and their memory back within a few ticks).
         let capacity = if used * 5 > cap * 4 {
             (cap + 1).min(self.max)
         } else if used * 5 < cap {
-            cap.saturating_sub(1).max(self.min)
+            (cap / 2).max(self.min)
         } else {
             cap
         };
@@ -466,7 +471,7 @@ impl Handler for PoolManager {
         self.trims = self.trims.saturating_sub(1);
         let surplus = idle.saturating_sub(capacity);
         if surplus > 0 && self.trims == 0 {
-            self.trims = 10;
+            self.trims = TRIM_TICKS;
             if let Some(q) = &self.pool.queue {
                 // We are the taker: close our own surplus; the server sees them close.
                 q.trim(surplus);
@@ -487,7 +492,7 @@ fn pooled(idle: usize, dialing: usize, busy: usize, cap: usize) -> usize {
 
 /// A pool connection was just taken: dial its replacement now, off the user's path, rather
 /// than at the next tick. A pool that ran dry doubles its capacity (up to `max`) so a burst
-/// finds connections waiting; the ticks shrink it back by one at a time.
+/// finds connections waiting; the ticks halve it again while it is mostly unused.
 fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
     if pool.end.is_triggered() {
         return;
