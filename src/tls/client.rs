@@ -32,7 +32,9 @@ pub const SYSTEM_ROOTS: [&str; 3] = [
 
 /// The client's TLS configurations.
 pub struct ClientTls {
-    pin: Arc<ClientConfig>,
+    /// tls=1: built on first use, so that a client of a tls=0 server never runs (or maps the
+    /// pages of) the TLS code.
+    pin: OnceLock<std::result::Result<Arc<ClientConfig>, String>>,
     /// tls=2: built at start when the URL asks for TLS (so a bad `ca=` stops the start), else
     /// on first use, so that a client of a tls=0 or tls=1 server never loads the system bundle.
     webpki: OnceLock<std::result::Result<Arc<ClientConfig>, String>>,
@@ -103,11 +105,8 @@ impl ClientTls {
                 }
             }
         }
-        let pin = config(Arc::new(AcceptAnyCert {
-            algs: provider().signature_verification_algorithms,
-        }))?;
         Ok(ClientTls {
-            pin,
+            pin: OnceLock::new(),
             webpki,
             ca: cfg.ca.clone(),
             name,
@@ -119,7 +118,14 @@ impl ClientTls {
     /// server proves.
     pub async fn connect(&self, mode: u8, tcp: Async<TcpStream>) -> Result<(Conn, Fingerprint)> {
         let config = match mode {
-            1 => self.pin.clone(),
+            1 => self
+                .pin
+                .get_or_init(|| {
+                    let algs = provider().signature_verification_algorithms;
+                    config(Arc::new(AcceptAnyCert { algs })).map_err(|e| e.to_string())
+                })
+                .clone()
+                .map_err(Error::Tls)?,
             2 => self
                 .webpki
                 .get_or_init(|| webpki_for(self.ca.as_deref()).map_err(|e| e.to_string()))
