@@ -182,3 +182,111 @@ fn forward_flow_reuses_the_clients_queue() {
         assert_eq!(reused(&server), 0);
     });
 }
+
+/// A hand-made client that authenticates a session and one pool connection with `key`.
+async fn fake_pool(tunnel: SocketAddr, key: &str) -> (Async<TcpStream>, Async<TcpStream>, u32) {
+    use edgepass::auth::Key;
+    use edgepass::lines::send;
+    use edgepass::signal::{Kind, Signal};
+    let key = Key::new(key.as_bytes());
+    let (mut ctl, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
+    let proof = tr.client_proof(&key, None);
+    send(&mut ctl, &Signal::Auth { proof, sid: None })
+        .await
+        .expect("auth");
+    let sid = match within(WAIT, lines.next(&mut ctl)).await.expect("no reply") {
+        Ok(Signal::Session { sid, .. }) => sid,
+        other => panic!("expected a session, got {other:?}"),
+    };
+    let (mut pool, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
+    let proof = tr.client_proof(&key, Some(sid));
+    let auth = Signal::Auth {
+        proof,
+        sid: Some(sid),
+    };
+    send(&mut pool, &auth).await.expect("auth");
+    let id = match within(WAIT, lines.next(&mut pool)).await.expect("no reply") {
+        Ok(Signal::Pooled { id }) => id,
+        other => panic!("expected pooled, got {other:?}"),
+    };
+    (ctl, pool, id)
+}
+
+/// Read the `tcpr` line and the chunks that follow up to `want` payload bytes (header bytes
+/// included in what is returned).
+async fn read_opening(pool: &mut Async<TcpStream>, id: u32, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    let line = format!("tcpr {id} ");
+    let mut b = [0u8; 256];
+    while got.len() < line.len() + 1 + want || !got.contains(&b'\n') {
+        let n = within(WAIT, pool.read(&mut b))
+            .await
+            .expect("no opening line")
+            .expect("read");
+        assert!(n > 0, "pool connection closed");
+        got.extend_from_slice(&b[..n]);
+    }
+    assert!(got.starts_with(line.as_bytes()), "{got:?}");
+    got
+}
+
+/// Everything a user reads until the connection ends (EOF or reset), bounded by `WAIT`.
+async fn read_all(s: &mut Async<TcpStream>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1024];
+    loop {
+        match within(WAIT, s.read(&mut b))
+            .await
+            .expect("user never closed")
+        {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&b[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_client_breaking_the_chunks_loses_only_that_user() {
+    smol::block_on(async {
+        let env = &[("POOL_REUSE", "2"), ("POOL_GET_TIMEOUT", "300ms")];
+        let server = start_env("server://k@127.0.0.1:0/127.0.0.1:0", env).await;
+        let (tunnel, public) = (server.tunnel.unwrap(), server.public.unwrap());
+
+        // A chunk cut short: the pool connection closes in the middle of a 100-byte chunk.
+        let (_ctl, mut pool, id) = fake_pool(tunnel, "k").await;
+        wait_until("the pool connection queued", || idle(&server.stats) == 1).await;
+        let mut user = Async::<TcpStream>::connect(public).await.expect("connect");
+        user.write_all(b"abc").await.expect("write");
+        read_opening(&mut pool, id, 3).await;
+        pool.write_all(b"\x00\x64only ten!").await.expect("write");
+        drop(pool);
+        assert_eq!(read_all(&mut user).await, b"only ten!");
+        wait_until("user gone", || server.stats.active() == 0).await;
+        assert_eq!(reused(&server), 0);
+
+        // Bytes after the end chunk: the user gets what came before it, and the connection,
+        // though both ends finished, is found unclean at the next take and never carries them
+        // to another user.
+        let (_ctl, mut pool, id) = fake_pool(tunnel, "k").await;
+        wait_until("the new session's pool", || idle(&server.stats) == 1).await;
+        let mut user = Async::<TcpStream>::connect(public).await.expect("connect");
+        user.write_all(b"q").await.expect("write");
+        read_opening(&mut pool, id, 1).await;
+        pool.write_all(b"\x00\x02ok\x00\x00LEAK")
+            .await
+            .expect("write");
+        user.get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        assert_eq!(read_all(&mut user).await, b"ok");
+        wait_until("back in the queue", || reused(&server) == 1).await;
+        let mut next = Async::<TcpStream>::connect(public).await.expect("connect");
+        next.write_all(b"hello?").await.expect("write");
+        assert_eq!(read_all(&mut next).await, b"", "the next user got bytes");
+        assert!(
+            server.stats.refused.load(Relaxed) >= 1,
+            "the next user was refused"
+        );
+        drop(pool);
+    });
+}
