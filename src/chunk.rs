@@ -131,6 +131,40 @@ impl Dechunk {
         }
     }
 
+    /// Take `input` (stream bytes, in any pieces), handing each payload piece to `payload`,
+    /// until the end chunk. Returns how many bytes were taken: all of `input`, or fewer when
+    /// the end chunk came before its end (what follows is not this stream's).
+    ///
+    /// # Errors
+    /// [`ChunkError::AfterEnd`] when the end chunk had arrived before this call.
+    ///
+    /// # Examples
+    /// ```
+    /// use edgepass::chunk::Dechunk;
+    /// let (mut d, mut out) = (Dechunk::new(), Vec::new());
+    /// assert_eq!(d.feed(b"\x00\x02hi\x00", |p| out.extend_from_slice(p)), Ok(5));
+    /// assert_eq!(d.feed(b"\x00tcpr", |p| out.extend_from_slice(p)), Ok(1));
+    /// assert!(d.ended() && out == b"hi");
+    /// ```
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut payload: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let mut at = 0;
+        while at < input.len() {
+            match self.step(&input[at..])? {
+                Step::Payload(n) => {
+                    payload(&input[at..at + n]);
+                    at += n;
+                }
+                Step::Header(n) => at += n,
+                Step::End(n) => return Ok(at + n),
+            }
+        }
+        Ok(at)
+    }
+
     /// Take a read of at most [`Dechunk::want`] bytes, as the copy does: returns how many
     /// payload bytes are at its front (the rest were header bytes).
     ///
@@ -172,21 +206,12 @@ mod tests {
         out
     }
 
-    /// Decode with `step` over `input` fed in pieces of `piece` bytes.
+    /// Decode `input` fed in pieces of `piece` bytes.
     fn decode_steps(input: &[u8], piece: usize) -> Result<(Vec<u8>, bool), ChunkError> {
         let mut d = Dechunk::new();
         let mut out = Vec::new();
         for part in input.chunks(piece) {
-            let mut at = 0;
-            while at < part.len() {
-                match d.step(&part[at..])? {
-                    Step::Payload(n) => {
-                        out.extend_from_slice(&part[at..at + n]);
-                        at += n;
-                    }
-                    Step::Header(n) | Step::End(n) => at += n,
-                }
-            }
+            d.feed(part, |p| out.extend_from_slice(p))?;
         }
         Ok((out, d.ended()))
     }

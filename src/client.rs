@@ -11,7 +11,7 @@ use smol::Timer;
 
 use crate::arena::Arena;
 use crate::auth::Key;
-use crate::chunk::{Dechunk, Step};
+use crate::chunk::{ChunkError, Dechunk};
 use crate::config::Config;
 use crate::control::{Control, End, Handler};
 use crate::copy;
@@ -202,6 +202,19 @@ impl Inner {
             #[cfg(feature = "relay")]
             device: crate::auth::random(),
         })
+    }
+}
+
+impl Inner {
+    /// How a user's bytes are copied to and from a target: the TCP counters, `read=` and
+    /// `rate=`.
+    fn user_copy(&self) -> copy::Opts<'_> {
+        copy::Opts::tcp(
+            &self.arena,
+            &self.stats,
+            self.cfg.read,
+            self.limits.as_ref(),
+        )
     }
 }
 
@@ -670,39 +683,22 @@ async fn serve_chunked(
     peer: std::net::SocketAddr,
 ) -> bool {
     let _active = ActiveGuard::new(&inner.stats, false);
-    // The chunks that came with the line: their payload goes to the target first.
+    // The chunks that came with the line: their payload goes to the target first. Nothing
+    // may follow an end chunk until the next line.
     let mut dechunk = Dechunk::new();
     let mut payload = heapless::Vec::<u8, { crate::signal::MAX_LINE }>::new();
-    let mut at = 0;
-    while at < early.len() {
-        match dechunk.step(&early[at..]) {
-            Ok(Step::Payload(n)) => {
-                let _ = payload.extend_from_slice(&early[at..at + n]);
-                at += n;
-            }
-            Ok(Step::Header(n) | Step::End(n)) => at += n,
-            Err(e) => {
-                log::debug!("client: user {peer}: {e}");
-                return false;
-            }
-        }
+    let fed = dechunk.feed(early, |p| {
+        let _ = payload.extend_from_slice(p);
+    });
+    if fed != Ok(early.len()) {
+        log::debug!("client: user {peer}: {}", ChunkError::AfterEnd);
+        return false;
     }
     let Some(mut target) = open_target(inner, peer, &payload).await else {
         return false;
     };
-    let st = &inner.stats;
-    match copy::chunked(
-        conn,
-        &mut target,
-        copy::Pool::A,
-        dechunk,
-        &inner.arena,
-        (&st.tcp_rx, &st.tcp_tx),
-        inner.cfg.read,
-        inner.limits.as_ref(),
-    )
-    .await
-    {
+    let chunks = (copy::Pool::A, dechunk);
+    match copy::chunked(conn, &mut target, chunks, inner.user_copy()).await {
         Ok((up, down)) => {
             log::debug!("client: user {peer} done: {up} B up, {down} B down");
             true
@@ -753,18 +749,8 @@ pub(crate) async fn serve_tcp(
     let Some(mut target) = open_target(inner, peer, early).await else {
         return;
     };
-    let st = &inner.stats;
-    match copy::conns(
-        &mut conn,
-        &mut target,
-        &inner.arena,
-        (&st.tcp_rx, &st.tcp_tx),
-        inner.cfg.read,
-        inner.limits.as_ref(),
-        inner.cfg.tuning.splice,
-    )
-    .await
-    {
+    let splice = inner.cfg.tuning.splice;
+    match copy::conns(&mut conn, &mut target, inner.user_copy(), splice).await {
         Ok((up, down)) => log::debug!("client: user {peer} done: {up} B up, {down} B down"),
         Err(e) => log::debug!("client: user {peer} ended: {e}"),
     }

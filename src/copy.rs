@@ -29,7 +29,7 @@ use std::sync::Arc;
 use crate::arena::{Arena, Lease};
 use crate::chunk::{self, Dechunk, HEADER_LEN, MAX_CHUNK};
 use crate::rate::{Limits, Shared};
-use crate::stats::Counter;
+use crate::stats::{Counter, Stats};
 use crate::stream::Conn;
 
 /// Reads per direction in one wake-up before yielding, so one busy connection cannot starve
@@ -311,50 +311,53 @@ pub(crate) fn both_done(
     Poll::Pending
 }
 
-/// Copy `a` → `b` and `b` → `a` until both directions end. Returns the bytes moved each way.
-/// Buffers are leased from `arena` while bytes move. `idle`: fail with `TimedOut` after that
-/// long without a byte in either direction.
-pub async fn bidi<A, B>(
-    a: &mut A,
-    b: &mut B,
-    arena: &Arc<Arena>,
-    counters: (&Counter, &Counter),
-    idle: Option<Duration>,
-) -> io::Result<(u64, u64)>
+/// What a copy of one user's bytes needs besides the two connections.
+#[derive(Clone, Copy)]
+pub struct Opts<'c> {
+    /// Where buffers are leased from, while bytes move.
+    pub arena: &'c Arc<Arena>,
+    /// Bytes moved `a` → `b` and `b` → `a`.
+    pub counters: (&'c Counter, &'c Counter),
+    /// Fail with `TimedOut` after this long without a byte in either direction.
+    pub idle: Option<Duration>,
+    /// `rate=`: `a` → `b` is charged to `limits.up` (user → target: `a` must be the user's
+    /// side), `b` → `a` to `limits.down`.
+    pub limits: Option<&'c Limits>,
+}
+
+impl<'c> Opts<'c> {
+    /// A user's TCP bytes, counted in `stats`' TCP counters (`a` → `b` in, `b` → `a` out).
+    pub fn tcp(
+        arena: &'c Arc<Arena>,
+        stats: &'c Stats,
+        idle: Option<Duration>,
+        limits: Option<&'c Limits>,
+    ) -> Self {
+        Opts {
+            arena,
+            counters: (&stats.tcp_rx, &stats.tcp_tx),
+            idle,
+            limits,
+        }
+    }
+}
+
+/// Copy `a` → `b` and `b` → `a` until both directions end, on arena buffers. Returns the bytes
+/// moved each way.
+pub async fn bidi<A, B>(a: &mut A, b: &mut B, o: Opts<'_>) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Readable + Unpin,
     B: AsyncRead + AsyncWrite + Readable + Unpin,
 {
-    bidi_limited(a, b, arena, counters, idle, None).await
+    copy_modes(a, b, (Mode::Raw, Mode::Raw), o).await
 }
 
-/// [`bidi`] with `rate=` limits: `a` → `b` is charged to `limits.up` (user → target: `a` must
-/// be the user's side), `b` → `a` to `limits.down`.
-pub async fn bidi_limited<A, B>(
-    a: &mut A,
-    b: &mut B,
-    arena: &Arc<Arena>,
-    counters: (&Counter, &Counter),
-    idle: Option<Duration>,
-    limits: Option<&Limits>,
-) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Readable + Unpin,
-    B: AsyncRead + AsyncWrite + Readable + Unpin,
-{
-    let modes = (Mode::Raw, Mode::Raw);
-    copy_modes(a, b, modes, arena, counters, idle, limits).await
-}
-
-/// The two-direction copy of [`bidi_limited`] and [`chunked`], each direction in its mode.
+/// The two-direction copy of [`bidi`] and [`chunked`], each direction in its mode.
 async fn copy_modes<A, B>(
     a: &mut A,
     b: &mut B,
     (ab, ba): (Mode, Mode),
-    arena: &Arc<Arena>,
-    counters: (&Counter, &Counter),
-    idle: Option<Duration>,
-    limits: Option<&Limits>,
+    o: Opts<'_>,
 ) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Readable + Unpin,
@@ -363,9 +366,9 @@ where
     Bidi {
         a,
         b,
-        ab: Dir::new(arena, ab, counters.0, limits.map(|l| &l.up)),
-        ba: Dir::new(arena, ba, counters.1, limits.map(|l| &l.down)),
-        idle: idle.map(|d| (d, Timer::after(d))),
+        ab: Dir::new(o.arena, ab, o.counters.0, o.limits.map(|l| &l.up)),
+        ba: Dir::new(o.arena, ba, o.counters.1, o.limits.map(|l| &l.down)),
+        idle: o.idle.map(|d| (d, Timer::after(d))),
     }
     .await
 }
@@ -379,21 +382,16 @@ pub enum Pool {
     B,
 }
 
-/// [`bidi_limited`] with one side a reusable pool connection speaking chunks
-/// ([`crate::chunk`]); `dechunk` is the state of its incoming direction (it may already hold
-/// part of a header, or the end, from bytes that came with the opening line). `Ok` means both
-/// end chunks crossed and the pool connection is clean: it may carry the next user. Any
-/// error leaves it mid-stream: close it.
-#[allow(clippy::too_many_arguments)] // bidi_limited's arguments plus the two chunk ones
+/// [`bidi`] with one side a reusable pool connection speaking chunks ([`crate::chunk`]);
+/// `dechunk` is the state of its incoming direction (it may already hold part of a header, or
+/// the end, from bytes that came with the opening line). `Ok` means both end chunks crossed
+/// and the pool connection is clean: it may carry the next user. Any error leaves it
+/// mid-stream: close it.
 pub async fn chunked<A, B>(
     a: &mut A,
     b: &mut B,
-    pool: Pool,
-    dechunk: Dechunk,
-    arena: &Arc<Arena>,
-    counters: (&Counter, &Counter),
-    idle: Option<Duration>,
-    limits: Option<&Limits>,
+    (pool, dechunk): (Pool, Dechunk),
+    o: Opts<'_>,
 ) -> io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Readable + Unpin,
@@ -403,24 +401,21 @@ where
         Pool::A => (Mode::Decode(dechunk), Mode::Encode),
         Pool::B => (Mode::Encode, Mode::Decode(dechunk)),
     };
-    copy_modes(a, b, modes, arena, counters, idle, limits).await
+    copy_modes(a, b, modes, o).await
 }
 
-/// Relay two connections as [`bidi_limited`] does, with splice(2) when both are plain TCP on
-/// Linux and `splice` is on (no user-space copy, no arena buffer), else on arena buffers.
+/// Relay two connections as [`bidi`] does, with splice(2) when both are plain TCP on Linux
+/// and `splice` is on (no user-space copy, no arena buffer), else on arena buffers.
 pub async fn conns(
     a: &mut Conn,
     b: &mut Conn,
-    arena: &Arc<Arena>,
-    counters: (&Counter, &Counter),
-    idle: Option<Duration>,
-    limits: Option<&Limits>,
+    o: Opts<'_>,
     splice: bool,
 ) -> io::Result<(u64, u64)> {
     #[cfg(target_os = "linux")]
     if let (true, Conn::Plain(x), Conn::Plain(y)) = (splice, &*a, &*b) {
-        return crate::splice::bidi(x, y, counters, idle, limits).await;
+        return crate::splice::bidi(x, y, o.counters, o.idle, o.limits).await;
     }
     let _ = splice;
-    bidi_limited(a, b, arena, counters, idle, limits).await
+    bidi(a, b, o).await
 }

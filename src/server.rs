@@ -655,19 +655,15 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _ac
     }
     log::debug!("user {peer} on pool connection {id}");
     let mut user = Conn::Plain(s);
-    let st = &inner.stats;
+    let o = copy::Opts::tcp(
+        &inner.arena,
+        &inner.stats,
+        inner.cfg.read,
+        inner.limits.as_ref(),
+    );
     if reuse {
-        let done = copy::chunked(
-            &mut user,
-            &mut pc.conn,
-            copy::Pool::B,
-            Dechunk::new(),
-            &inner.arena,
-            (&st.tcp_rx, &st.tcp_tx),
-            inner.cfg.read,
-            inner.limits.as_ref(),
-        )
-        .await;
+        let chunks = (copy::Pool::B, Dechunk::new());
+        let done = copy::chunked(&mut user, &mut pc.conn, chunks, o).await;
         match done {
             Ok((up, down)) => {
                 log::debug!(
@@ -683,17 +679,7 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _ac
         }
         return;
     }
-    match copy::conns(
-        &mut user,
-        &mut pc.conn,
-        &inner.arena,
-        (&st.tcp_rx, &st.tcp_tx),
-        inner.cfg.read,
-        inner.limits.as_ref(),
-        inner.cfg.tuning.splice,
-    )
-    .await
-    {
+    match copy::conns(&mut user, &mut pc.conn, o, inner.cfg.tuning.splice).await {
         Ok((up, down)) => log::debug!("user {peer} done: {up} B up, {down} B down"),
         Err(e) => log::debug!("user {peer} ended: {e}"),
     }

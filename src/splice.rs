@@ -224,7 +224,7 @@ impl Future for Bidi<'_, '_> {
 }
 
 /// Relay `a` ⇄ `b` with splice(2) until both directions end; the same contract as
-/// [`crate::copy::bidi_limited`]: returns the bytes moved each way, `idle` ends it with
+/// [`crate::copy::bidi`]: returns the bytes moved each way, `idle` ends it with
 /// `TimedOut`, `a` → `b` is charged to `limits.up`.
 pub async fn bidi(
     a: &Async<TcpStream>,

@@ -227,18 +227,8 @@ async fn local_conn(
         inner.stats.tcp_tx.add(early.len() as u64);
     }
     log::debug!("visit: {peer} -> {name} circuit open");
-    let st = &inner.stats;
-    match copy::conns(
-        &mut local,
-        &mut relay,
-        &inner.arena,
-        (&st.tcp_rx, &st.tcp_tx),
-        inner.cfg.read,
-        None,
-        inner.cfg.tuning.splice,
-    )
-    .await
-    {
+    let o = copy::Opts::tcp(&inner.arena, &inner.stats, inner.cfg.read, None);
+    match copy::conns(&mut local, &mut relay, o, inner.cfg.tuning.splice).await {
         Ok((up, down)) => log::debug!("visit: {peer} done: {up} B up, {down} B down"),
         Err(e) => log::debug!("visit: {peer} ended: {e}"),
     }

@@ -2,7 +2,7 @@
 //! payload as reads bounded by `want()` (the copy's way), and those never read past the end.
 #![no_main]
 
-use edgepass::chunk::{Dechunk, Step};
+use edgepass::chunk::Dechunk;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,31 +12,22 @@ fuzz_target!(|data: &[u8]| {
     };
     let piece = usize::from(piece).max(1);
 
-    // Arbitrary pieces, every step.
+    // Arbitrary pieces, fed whole.
     let mut d = Dechunk::new();
     let mut by_steps = Vec::new();
     let mut end = None;
-    'outer: for (i, part) in stream.chunks(piece).enumerate() {
-        let mut at = 0;
-        while at < part.len() {
-            match d.step(&part[at..]) {
-                Ok(Step::Payload(n)) => {
-                    assert!(n > 0 && at + n <= part.len());
-                    by_steps.extend_from_slice(&part[at..at + n]);
-                    at += n;
-                }
-                Ok(Step::Header(n)) => {
-                    assert!(n > 0);
-                    at += n;
-                }
-                Ok(Step::End(n)) => {
-                    at += n;
-                    end = Some(i * piece + at);
-                    break 'outer;
-                }
-                Err(_) => unreachable!("no error before the end"),
-            }
+    for (i, part) in stream.chunks(piece).enumerate() {
+        let fed = d.feed(part, |p| {
+            assert!(!p.is_empty());
+            by_steps.extend_from_slice(p);
+        });
+        let fed = fed.expect("no error before the end");
+        assert!(fed <= part.len());
+        if d.ended() {
+            end = Some(i * piece + fed);
+            break;
         }
+        assert_eq!(fed, part.len());
     }
 
     // Reads bounded by want(), as the copy does.

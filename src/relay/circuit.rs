@@ -121,13 +121,13 @@ pub(super) async fn visit(
     );
     let rate = inner.cfg.rate.map(|m| u64::from(m) * BYTES_PER_MBIT);
     let mut visitor = Limited::new(conn, lim.circuit_bytes, rate);
-    let splice = copy::bidi(
-        &mut visitor,
-        &mut pc.conn,
-        &inner.arena,
-        (rx, tx),
-        inner.cfg.read,
-    );
+    let o = copy::Opts {
+        arena: &inner.arena,
+        counters: (rx, tx),
+        idle: inner.cfg.read,
+        limits: None,
+    };
+    let splice = copy::bidi(&mut visitor, &mut pc.conn, o);
     let capped = async {
         match lim.circuit_duration {
             Some(d) => Timer::after(d).await,
