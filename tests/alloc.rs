@@ -108,16 +108,23 @@ fn check_echo(mut s: TcpStream, msg: &[u8; 100]) {
     assert_eq!(&back[..got], &msg[..]);
 }
 
+/// Connect, send the `i`th message of `seed` and half-close; returns the connection and the
+/// message, for [`check_echo`].
+fn send_one(public: SocketAddr, seed: u8, i: usize) -> (TcpStream, [u8; 100]) {
+    let msg = message(seed, i);
+    let mut s = TcpStream::connect(public).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(&msg).expect("write");
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    (s, msg)
+}
+
 /// `n` connections one after the other, 100 bytes each way, checked; returns the allocation
 /// calls the tunnel made meanwhile.
 fn burst(public: SocketAddr, n: usize, seed: u8) -> usize {
     let a0 = ALLOCS.load(Relaxed);
     for i in 0..n {
-        let msg = message(seed, i);
-        let mut s = TcpStream::connect(public).expect("connect");
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        s.write_all(&msg).expect("write");
-        s.shutdown(Shutdown::Write).expect("shutdown");
+        let (s, msg) = send_one(public, seed, i);
         check_echo(s, &msg);
     }
     ALLOCS.load(Relaxed) - a0
@@ -129,12 +136,7 @@ fn concurrent(public: SocketAddr, n: usize, seed: u8) -> usize {
     // The test's own Vec: its allocation is on an excluded thread.
     let mut open = Vec::with_capacity(n);
     for i in 0..n {
-        let msg = message(seed, i);
-        let mut s = TcpStream::connect(public).expect("connect");
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        s.write_all(&msg).expect("write");
-        s.shutdown(Shutdown::Write).expect("shutdown");
-        open.push((s, msg));
+        open.push(send_one(public, seed, i));
     }
     for (s, msg) in open {
         check_echo(s, &msg);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepass::auth::{self, Key, Transcript};
+use edgepass::auth::Key;
 use edgepass::handshake;
 use edgepass::lines::{send, LineReader};
 use edgepass::relay::RelayStats;
@@ -158,25 +158,8 @@ async fn connect(relay: SocketAddr, key: &str, name: &str) -> Reply {
 
 /// A peer that does not check the relay's proof and answers with a proof made with `key`.
 async fn raw_auth(relay: SocketAddr, key: &str, kind: Kind) -> Reply {
-    let mut conn = Conn::Plain(Async::<TcpStream>::connect(relay).await.unwrap());
-    let mut lines = LineReader::new();
-    let cnonce = auth::random::<16>();
-    send(&mut conn, &Signal::Hello { kind, cnonce })
-        .await
-        .unwrap();
-    let (snonce, tls, fp) = match lines.next(&mut conn).await.unwrap() {
-        Signal::Challenge {
-            snonce, tls, fp, ..
-        } => (snonce, tls, fp),
-        other => panic!("unexpected {other:?}"),
-    };
-    let t = Transcript {
-        kind: auth::kind_token(kind),
-        cnonce,
-        snonce,
-        tls,
-        fp,
-    };
+    let (s, mut lines, t) = raw_hello(relay, kind).await;
+    let mut conn = Conn::Plain(s);
     let proof = t.client_proof(&Key::new(key.as_bytes()), None);
     send(&mut conn, &Signal::Auth { proof, sid: None })
         .await

@@ -20,16 +20,6 @@ use smol::{Async, Timer};
 const DEVICES: usize = 4;
 const PER_DEVICE: usize = 50;
 
-/// The relay's resident set in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -94,7 +84,7 @@ fn two_hundred_concurrent_circuits() {
             assert!(Instant::now() < deadline, "relay did not start");
             Timer::after(Duration::from_millis(20)).await;
         }
-        let idle_rss = rss_kib(pid);
+        let idle_rss = procfs::rss_kib(&pid.to_string());
         let (target, _echo) = echo_server();
         let mut keep = Vec::new();
         let mut visitors = Vec::new();
@@ -113,14 +103,14 @@ fn two_hundred_concurrent_circuits() {
             let s = d.stats.clone();
             wait_until("warm pools", || s.pool_idle.load(Relaxed) >= 50).await;
         }
-        let warm_rss = rss_kib(pid);
+        let warm_rss = procfs::rss_kib(&pid.to_string());
         let peak = Arc::new(AtomicU64::new(warm_rss));
         let done = Arc::new(AtomicBool::new(false));
         let sampler = {
             let (peak, done) = (peak.clone(), done.clone());
             smol::spawn(async move {
                 while !done.load(Relaxed) {
-                    peak.fetch_max(rss_kib(pid), Relaxed);
+                    peak.fetch_max(procfs::rss_kib(&pid.to_string()), Relaxed);
                     Timer::after(Duration::from_millis(20)).await;
                 }
             })
