@@ -86,7 +86,7 @@ struct Pool {
     used: AtomicUsize,
     /// Reusable pool connections carrying a user now: they come back idle afterwards.
     busy: AtomicUsize,
-    /// Pool connections to keep (idle plus dialing plus busy): grown at once when the pool runs dry,
+    /// Pool connections to keep (counted by [`pooled`]): grown at once when the pool runs dry,
     /// shrunk by the ticks.
     capacity: AtomicUsize,
     /// The most `capacity` may reach.
@@ -203,9 +203,7 @@ impl Inner {
             device: crate::auth::random(),
         })
     }
-}
 
-impl Inner {
     /// How a user's bytes are copied to and from a target: the TCP counters, `read=` and
     /// `rate=`.
     fn user_copy(&self) -> copy::Opts<'_> {

@@ -641,15 +641,8 @@ async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _ac
         return;
     };
     let reuse = inner.cfg.tuning.reuse.applies(pc.conn.is_tls());
-    let (id, line) = (
-        pc.id,
-        Signal::Tcp {
-            id: pc.id,
-            peer,
-            reuse,
-        },
-    );
-    if let Err(e) = send(&mut pc.conn, &line).await {
+    let id = pc.id;
+    if let Err(e) = send(&mut pc.conn, &Signal::Tcp { id, peer, reuse }).await {
         log::debug!("user {peer}: pool connection {id} failed: {e}");
         return;
     }
