@@ -55,22 +55,42 @@ fn rss_bound(idle: u64, slack: u64) -> u64 {
     idle + idle / 10 + 512 + slack
 }
 
+/// Whether `now` open descriptors are within 10% of `idle`, either way: a pool still
+/// refilling after a round is not back to idle yet, and its memory not measured yet.
+fn fds_near(now: usize, idle: usize) -> bool {
+    now.abs_diff(idle) <= idle / 10 + 1
+}
+
 /// Wait (10 s at most) until both processes are back within 10% of `idle` (descriptors) and
-/// [`rss_bound`] with `slack` KiB (memory), then return the figures.
+/// [`rss_bound`] with `slack` KiB (memory), and their memory has settled (no process gave any
+/// back over one release tick), then return the figures.
 async fn back_to_idle(b: &Binaries, idle: [(u64, usize); 2], slack: u64) -> [(u64, usize); 2] {
     let ok = |now: [(u64, usize); 2]| {
         now.iter()
             .zip(idle.iter())
-            .all(|(n, i)| n.0 <= rss_bound(i.0, slack) && n.1 <= i.1 + i.1 / 10 + 1)
+            .all(|(n, i)| n.0 <= rss_bound(i.0, slack) && fds_near(n.1, i.1))
     };
-    // Descriptors close at once and pages go back on the next release tick (every second), but
+    // Descriptors close at once and pages go back on the release ticks (every second), but
     // the pool's refill dials run meanwhile: on a loaded machine that can take seconds.
+    let tick = Duration::from_millis(1200);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut since: Option<(Instant, [(u64, usize); 2])> = None;
     loop {
         let now = figures(b);
-        if ok(now) || Instant::now() > deadline {
+        if Instant::now() > deadline {
             return now;
         }
+        since = match since {
+            _ if !ok(now) => None,
+            Some((t, then)) if t.elapsed() >= tick => {
+                if now.iter().zip(then.iter()).all(|(n, t)| n.0 >= t.0) {
+                    return now;
+                }
+                Some((Instant::now(), now))
+            }
+            None => Some((Instant::now(), now)),
+            kept => kept,
+        };
         smol::Timer::after(Duration::from_millis(100)).await;
     }
 }
@@ -216,7 +236,7 @@ fn concurrent(want: usize) {
         for (who, i) in [(0, "server"), (1, "client")] {
             let (idle, a1, a2) = (idle[who], after[who], after2[who]);
             assert!(
-                a2.1 <= idle.1 + idle.1 / 10 + 1,
+                fds_near(a2.1, idle.1),
                 "{i}: fds {} idle, {} after",
                 idle.1,
                 a2.1
@@ -247,12 +267,7 @@ fn check_idle(idle: [(u64, usize); 2], after: [(u64, usize); 2]) {
         .iter()
         .zip(idle.iter().zip(after.iter()))
     {
-        assert!(
-            a.1 <= i.1 + i.1 / 10 + 1,
-            "{who}: fds {} idle, {} after",
-            i.1,
-            a.1
-        );
+        assert!(fds_near(a.1, i.1), "{who}: fds {} idle, {} after", i.1, a.1);
         assert!(
             a.0 <= rss_bound(i.0, 0),
             "{who}: RSS {} KiB idle, {} after",

@@ -12,6 +12,12 @@ use super::WAIT;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_edgepass");
 
+/// The binary to run: `EDGEPASS_TEST_BIN` if set (an A/B run against another build), else
+/// this package's.
+pub fn bin() -> String {
+    std::env::var("EDGEPASS_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// A child process that is killed if the test ends early, so none outlives it.
 pub struct Child(pub std::process::Child);
 
@@ -72,7 +78,7 @@ impl Child {
 /// The binary with `args` and an environment of `env` only (nothing inherited that could
 /// change its behaviour); stdin closed, stdout and stderr piped.
 pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = Command::new(bin());
     c.args(args)
         .env_clear()
         .envs(env.iter().copied())
