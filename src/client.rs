@@ -460,9 +460,12 @@ impl Handler for PoolManager {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
         // Grow when more than 80% of the pool was used this tick; under 20%, halve it (a pool
-        // doubled for a burst gives its connections and their memory back within a few ticks).
+        // doubled for a burst gives its connections and their memory back within a few
+        // ticks); not used at all for a tick, back to `min` at once.
         let capacity = if used * 5 > cap * 4 {
             (cap + 1).min(self.max)
+        } else if used == 0 {
+            self.min
         } else if used * 5 < cap {
             (cap / 2).max(self.min)
         } else {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::bin::*;
 use common::procfs::*;
 use common::*;
+use edgepass::config::DEFAULT_MAX;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::Async;
 
@@ -97,8 +98,15 @@ async fn back_to_idle(b: &Binaries, idle: [(u64, usize); 2], slack: u64) -> [(u6
 
 /// Start the binaries with a pool of `pool`, `slot` sessions, warm; returns them and their
 /// idle figures.
-async fn warm(target: SocketAddr, slot: usize, pool: usize) -> (Binaries, [(u64, usize); 2]) {
-    let q = format!("&slot={slot}&min={pool}&max={pool}");
+async fn warm(
+    target: SocketAddr,
+    slot: usize,
+    pool: Option<usize>,
+) -> (Binaries, [(u64, usize); 2]) {
+    let q = match pool {
+        Some(p) => format!("&slot={slot}&min={p}&max={p}"),
+        None => format!("&slot={slot}"),
+    };
     let b = binaries_q(target, &q, &env());
     // Warm: one connection through, then let the pool fill and a stats tick pass.
     let back = within(WAIT, round_trip(b.public, b"warm"))
@@ -193,7 +201,9 @@ async fn round_trip_checked(public: SocketAddr, msg: &[u8]) -> bool {
     s.read_to_end(&mut back).await.is_ok() && back == msg
 }
 
-fn concurrent(want: usize) {
+/// `want` connections held at once, twice, with a pool of a tenth as many (`big_pool`) or the
+/// default pool (`min=4`, `max=64`, shrinking back once the burst is over).
+fn concurrent(want: usize, big_pool: bool) {
     // Here: the user's end and the echo target's end of each connection.
     let soft = raise_nofile(4 * want as u64 + 4096) as usize;
     // The server and the client hold two each as well, plus their idle pool (a tenth as
@@ -201,8 +211,8 @@ fn concurrent(want: usize) {
     let n = fd_budget(want, 2, 1024).min(soft.saturating_sub(1024) * 10 / 21);
     smol::block_on(async {
         let (target, _echo) = echo_server();
-        let pool = (n / 10).clamp(64, 1000);
-        let slack = pool as u64 * KIB_PER_POOL_CONN;
+        let pool = big_pool.then(|| (n / 10).clamp(64, 1000));
+        let slack = pool.unwrap_or(DEFAULT_MAX) as u64 * KIB_PER_POOL_CONN;
         let (mut b, idle) = warm(target, n + 64, pool).await;
         let t0 = Instant::now();
         let failed = hold(b.public, n).await;
@@ -281,7 +291,7 @@ fn in_a_row(n: usize, lanes: usize) {
     raise_nofile(8192);
     smol::block_on(async {
         let (target, _echo) = echo_server();
-        let (mut b, idle) = warm(target, 1024, 64).await;
+        let (mut b, idle) = warm(target, 1024, Some(64)).await;
         let t0 = Instant::now();
         let failed = churn(b.public, n, lanes).await;
         let took = t0.elapsed();
@@ -303,13 +313,19 @@ fn in_a_row(n: usize, lanes: usize) {
 
 #[test]
 fn a_thousand_connections_held_at_once() {
-    concurrent(1000);
+    concurrent(1000, true);
 }
 
 #[test]
 #[ignore = "heavy: tests/load.sh"]
 fn ten_thousand_connections_held_at_once() {
-    concurrent(10_000);
+    concurrent(10_000, true);
+}
+
+#[test]
+#[ignore = "heavy: tests/load.sh"]
+fn ten_thousand_held_with_the_default_pool() {
+    concurrent(10_000, false);
 }
 
 #[test]
