@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Regenerate cross/hot-symbols.txt, the order in which the linker lays out the code of the
+# static x86_64 build (.cargo/config.toml passes it to rust-lld as --symbol-ordering-file).
+#
+# An idle tunnel runs a few hundred functions, but spread over a 2 MB text they touch most of
+# its 64 KiB fault-around windows, and all of those pages count as resident. Laid out
+# together, they touch a handful. The list is made by running the stripped release build
+# under callgrind: a server and a client idle with a session up first, then connections
+# through them with tls=0 and tls=1; every code address seen is looked up in the linker map.
+#
+# Needs valgrind and python3. Run it after changes that move much code; symbols that no longer
+# exist are skipped by the linker, new ones land in the default order.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=x86_64-unknown-linux-musl
+work=${KEEP:-$(mktemp -d)}
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+
+# The flags of .cargo/config.toml for $T (RUSTFLAGS replaces them), plus a linker map. The
+# flags do not change symbol names, so the map names the symbols of the usual build.
+flags="-C linker-flavor=ld.lld -C linker=rust-lld -C symbol-mangling-version=v0"
+flags+=" -C link-arg=--symbol-ordering-file=cross/hot-symbols.txt -C link-arg=--no-warn-symbol-ordering"
+touch src/main.rs
+RUSTFLAGS="$flags -C link-arg=-Map=$work/map.txt -C link-arg=--no-demangle" cargo build --release --locked --target $T
+bin=target/$T/release/edgepass
+
+# An echo target.
+python3 -c '
+import socket, threading, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(64)
+print(s.getsockname()[1], flush=True)
+def echo(c):
+    while (d := c.recv(65536)):
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=echo, args=(c,), daemon=True).start()
+' > "$work/echo.port" &
+for _ in $(seq 50); do [ -s "$work/echo.port" ] && break; sleep 0.1; done
+echo_port=$(cat "$work/echo.port")
+
+wait_for() { # FILE TEXT
+  for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2; return 1
+}
+
+# One run: server and client under callgrind, users as given by USERS, then SIGINT.
+run() { # NAME TLS USERS
+  local name=$1 tls=$2 users=$3
+  valgrind --tool=callgrind --callgrind-out-file="$work/$name-s.cg" \
+    "$bin" "server://k@127.0.0.1:0/127.0.0.1:0?log=info&tls=$tls" > "$work/$name-s.log" 2>&1 &
+  local vs=$!
+  wait_for "$work/$name-s.log" "tunnel on"
+  local tun pub
+  tun=$(grep -o "tunnel on 127.0.0.1:[0-9]*" "$work/$name-s.log" | cut -d: -f2)
+  pub=$(grep -o "users on 127.0.0.1:[0-9]*" "$work/$name-s.log" | cut -d: -f2)
+  valgrind --tool=callgrind --callgrind-out-file="$work/$name-c.cg" \
+    "$bin" "client://k@127.0.0.1:$tun/127.0.0.1:$echo_port?log=info" > "$work/$name-c.log" 2>&1 &
+  local vc=$!
+  wait_for "$work/$name-c.log" "session up"
+  if [ "$users" = idle ]; then
+    sleep 12  # two stats ticks, heartbeats, pool ticks
+  else
+    python3 -c '
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for i in range(n):
+    for _ in range(100):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=20); break
+        except OSError:
+            time.sleep(0.1)
+    msg = bytes(range(256)) * 400
+    s.sendall(msg); got = b""
+    while len(got) < len(msg):
+        got += s.recv(65536)
+    assert got == msg
+    s.close()
+' "$pub" "$users"
+  fi
+  kill -INT "$vs" "$vc"; wait "$vs" "$vc" || true
+}
+
+run idle 0 idle
+run tcp 0 40
+run tls 1 40
+python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt \
+  "$work"/idle-s.cg "$work"/idle-c.cg "$work"/tcp-s.cg "$work"/tcp-c.cg "$work"/tls-s.cg "$work"/tls-c.cg

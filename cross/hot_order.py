@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Turn callgrind profiles of a stripped static-pie build into lld's --symbol-ordering-file.
+
+Usage: hot_order.py MAP OUT PROFILE...
+
+MAP is the linker map of the build (`-Map`), PROFILE the callgrind files in order of priority
+(idle runs first). callgrind names the code of a stripped executable by its address in the
+file's own layout, so every address is looked up in the map as it is; the symbols found are written to OUT in the
+order first seen, so the code an idle tunnel runs is laid out together, then the code of its
+connections.
+"""
+import bisect
+import re
+import sys
+
+
+def symbols(map_path):
+    """(address, name) of every symbol in the map's code sections, sorted by address, and the
+    (start, end) of those sections."""
+    out, ranges = [], []
+    code = False
+    for line in open(map_path, errors="replace"):
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            continue
+        if parts[4].startswith("."):  # an output section
+            code = parts[4].startswith(".text")
+            if code:
+                ranges.append((addr, addr + int(parts[2], 16)))
+        elif code and not parts[4].startswith(("<", "/", "(")):
+            out.append((addr, parts[4]))
+    out.sort()
+    return out, ranges
+
+
+def addresses(profile):
+    """Code addresses callgrind named (a stripped binary's functions are named by address)."""
+    for line in open(profile, errors="replace"):
+        m = re.match(r"^c?fn=\(\d+\) 0x([0-9a-fA-F]+)", line)
+        if m:
+            yield int(m.group(1), 16)
+
+
+def main():
+    map_path, out_path = sys.argv[1], sys.argv[2]
+    syms, ranges = symbols(map_path)
+    starts = [a for a, _ in syms]
+    seen, order = set(), []
+    for profile in sys.argv[3:]:
+        for addr in addresses(profile):
+            # Code outside the executable's own (the vDSO, valgrind's) is not ours to order.
+            if not any(lo <= addr < hi for lo, hi in ranges):
+                continue
+            i = bisect.bisect_right(starts, addr) - 1
+            if i < 0:
+                continue
+            name = syms[i][1]
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
+    with open(out_path, "w") as f:
+        f.write("\n".join(order) + "\n")
+    print(f"{len(order)} symbols of {len(syms)} -> {out_path}")
+
+
+if __name__ == "__main__":
+    main()
