@@ -16,12 +16,12 @@ T=x86_64-unknown-linux-musl
 work=${KEEP:-$(mktemp -d)}
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
-# The flags of .cargo/config.toml for $T (RUSTFLAGS replaces them), plus a linker map. The
-# flags do not change symbol names, so the map names the symbols of the usual build.
-flags="-C linker-flavor=ld.lld -C linker=rust-lld -C symbol-mangling-version=v0"
-flags+=" -C link-arg=--symbol-ordering-file=cross/hot-symbols.txt -C link-arg=--no-warn-symbol-ordering"
+# The usual build (the flags of .cargo/config.toml for $T), and for the binary alone a linker
+# map with mangled names. Extra flags for the binary do not change symbol names, so the map
+# names the symbols of the usual build.
 touch src/main.rs
-RUSTFLAGS="$flags -C link-arg=-Map=$work/map.txt -C link-arg=--no-demangle" cargo build --release --locked --target $T
+cargo rustc --release --locked --target $T --bin edgepass -- \
+  -C link-arg=-Map="$work/map.txt" -C link-arg=--no-demangle
 bin=target/$T/release/edgepass
 
 # An echo target.
