@@ -14,8 +14,11 @@
 //! at its peak length after a burst of connections, and is locked on every spawn and end).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Once;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::{Arc, Mutex, Once};
+use std::task::{Context, Poll, Wake, Waker};
 
 use async_executor::StaticExecutor;
 use smol::Task;
@@ -48,5 +51,71 @@ pub fn spawn<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> 
 /// Run `f`, and every task [`spawn`]ed from now on, on the calling thread until `f` ends.
 pub fn block_on<T>(f: impl Future<Output = T>) -> T {
     ON.store(true, Relaxed);
-    smol::block_on(LOCAL.run(f))
+    smol::block_on(LOCAL.run(OnWake::new(f)))
+}
+
+/// A future polled only after its own waker fired.
+///
+/// The executor's `run` polls the future it was given every time any task is scheduled. A
+/// role's main future waits on sockets (the control connection's next line), and every poll
+/// of those is a read syscall that fails with `EAGAIN`: five per user connection on the
+/// client before this. Behind this gate the main future is polled only when one of its own
+/// sources woke it.
+struct OnWake<F> {
+    f: Pin<Box<F>>,
+    flag: Arc<Flag>,
+}
+
+/// Whether the gated future was woken, and the waker of whoever polls the gate.
+struct Flag {
+    woken: AtomicBool,
+    outer: Mutex<Option<Waker>>,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, SeqCst);
+        // A poisoned lock only means a panic elsewhere; the waker inside is still good.
+        let outer = self.outer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = outer.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl<F> OnWake<F> {
+    fn new(f: F) -> Self {
+        OnWake {
+            f: Box::pin(f),
+            flag: Arc::new(Flag {
+                // The first poll always goes through.
+                woken: AtomicBool::new(true),
+                outer: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+impl<F: Future> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        {
+            let mut outer = this.flag.outer.lock().unwrap_or_else(|e| e.into_inner());
+            if !outer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *outer = Some(cx.waker().clone());
+            }
+        }
+        // Set before polling `f`, so a wake-up during the poll is kept for the next one.
+        if !this.flag.woken.swap(false, SeqCst) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(this.flag.clone());
+        this.f.as_mut().poll(&mut Context::from_waker(&waker))
+    }
 }
