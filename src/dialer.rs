@@ -2,22 +2,18 @@
 //! (`dial=IP`), each dial bounded by `TCP_DIAL_TIMEOUT`.
 //!
 //! # Implementation
-//! With a source address the socket is made with rustix, set non-blocking, bound to
-//! `(IP, 0)` and connected; the connect completes in the reactor (`writable`), and `SO_ERROR`
-//! says how it went. Like NodePass, a source address that cannot be used falls back to the
+//! With a source address the socket is bound to `(IP, 0)` before the connect
+//! ([`net::connect_socket`]). Like NodePass, a source address that cannot be used falls back to the
 //! system's choice: the first time binding fails (the address is not on this host any more)
 //! a warning is logged and every later dial lets the system choose. A target of the other
 //! address family than `dial=` is dialed without a source address.
 
-use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rustix::net::{AddressFamily, SocketType};
-use smol::future::FutureExt;
-use smol::{Async, Timer};
+use smol::Async;
 
 use crate::config::{Config, Host, HostPort};
 use crate::error::{Error, Result};
@@ -106,7 +102,7 @@ impl Dialer {
             Some(ip) if !self.fallback.load(Relaxed) && ip.is_ipv4() == addr.is_ipv4() => ip,
             _ => return net::connect(addr, self.timeout).await,
         };
-        let sock = new_socket(addr)?;
+        let sock = net::tcp_socket(addr)?;
         if let Err(e) = rustix::net::bind(&sock, &SocketAddr::new(src, 0)) {
             if !self.fallback.swap(true, Relaxed) {
                 log::warn!(
@@ -115,39 +111,6 @@ impl Dialer {
             }
             return net::connect(addr, self.timeout).await;
         }
-        async { finish_connect(sock, addr).await.map_err(Error::Io) }
-            .or(async {
-                Timer::after(self.timeout).await;
-                Err(Error::Timeout("connect"))
-            })
-            .await
+        net::connect_socket(sock, addr, self.timeout).await
     }
-}
-
-/// A non-blocking TCP socket of `addr`'s family, not yet bound.
-fn new_socket(addr: SocketAddr) -> io::Result<TcpStream> {
-    let fam = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let fd = rustix::net::socket(fam, SocketType::STREAM, None)?;
-    let s = TcpStream::from(fd);
-    s.set_nonblocking(true)?;
-    Ok(s)
-}
-
-/// Start the connect on `s` and wait for it in the reactor.
-async fn finish_connect(s: TcpStream, addr: SocketAddr) -> io::Result<Async<TcpStream>> {
-    match rustix::net::connect(&s, &addr) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::INPROGRESS => {}
-        Err(e) => return Err(e.into()),
-    }
-    let s = Async::new(s)?;
-    s.writable().await?;
-    rustix::net::sockopt::socket_error(s.get_ref())??;
-    // Signals and small requests must not wait for Nagle.
-    s.get_ref().set_nodelay(true)?;
-    Ok(s)
 }

@@ -120,7 +120,6 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>, refusals: RateLimit) {
             }
             continue;
         }
-        let _ = s.get_ref().set_nodelay(true);
         let inner = inner.clone();
         crate::rt::spawn(async move { client::serve_tcp(&inner, Conn::Plain(s), &[], peer).await })
             .detach();

@@ -4,6 +4,8 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use smol::future::FutureExt;
 use smol::{Async, Timer};
 
@@ -43,14 +45,62 @@ pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>
 
 /// Connect to one address within `timeout`, with TCP_NODELAY set.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Async<TcpStream>> {
-    let s = async { Async::<TcpStream>::connect(addr).await.map_err(Error::Io) }
-        .or(async {
-            Timer::after(timeout).await;
-            Err(Error::Timeout("connect"))
-        })
-        .await?;
-    // Signals and small requests must not wait for Nagle.
-    s.get_ref().set_nodelay(true)?;
+    connect_socket(tcp_socket(addr)?, addr, timeout).await
+}
+
+/// A non-blocking TCP socket of `addr`'s family with TCP_NODELAY set (signals and small
+/// requests must not wait for Nagle), not yet bound or connected.
+pub fn tcp_socket(addr: SocketAddr) -> io::Result<TcpStream> {
+    let fam = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    let s = TcpStream::from(rustix::net::socket_with(
+        fam,
+        SocketType::STREAM,
+        flags,
+        None,
+    )?);
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Connect `s` (from [`tcp_socket`]) to `addr` within `timeout`.
+///
+/// # Implementation
+/// A non-blocking connect to a near host (loopback, the LAN) has often completed by the time
+/// the call returns, and `getpeername` tells: then the socket is used at once, with no round
+/// through the reactor for writability and no timer. Otherwise (`ENOTCONN`: still in
+/// progress, or failed already) the reactor waits for writability, bounded by `timeout`, and
+/// `SO_ERROR` says how it went.
+pub async fn connect_socket(
+    s: TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Async<TcpStream>> {
+    match rustix::net::connect(&s, &addr) {
+        Ok(()) => {}
+        Err(e) if e == Errno::INPROGRESS => {}
+        Err(e) => return Err(Error::Io(e.into())),
+    }
+    let done = rustix::net::getpeername(&s).is_ok();
+    let s = Async::new_nonblocking(s)?;
+    if done {
+        return Ok(s);
+    }
+    async {
+        s.writable().await?;
+        let err = rustix::net::sockopt::socket_error(s.get_ref()).map_err(io::Error::from)?;
+        err.map_err(io::Error::from)?;
+        Ok(())
+    }
+    .or(async {
+        Timer::after(timeout).await;
+        Err(Error::Timeout("connect"))
+    })
+    .await?;
     Ok(s)
 }
 
@@ -96,13 +146,17 @@ pub async fn dial_udp(hp: &HostPort, timeout: Duration) -> Result<Async<UdpSocke
     })))
 }
 
-/// Bind a listener on `hp` (the first address that binds).
+/// Bind a listener on `hp` (the first address that binds), with TCP_NODELAY set: accepted
+/// connections inherit it.
 pub async fn listen(hp: &HostPort, timeout: Duration) -> Result<Async<TcpListener>> {
     let addrs = resolve(hp, timeout).await?;
     let mut last = None;
     for addr in addrs {
         match Async::<TcpListener>::bind(addr) {
-            Ok(l) => return Ok(l),
+            Ok(l) => {
+                rustix::net::sockopt::set_tcp_nodelay(&l, true).map_err(io::Error::from)?;
+                return Ok(l);
+            }
             Err(e) => last = Some(e),
         }
     }

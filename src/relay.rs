@@ -192,7 +192,6 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
             log::debug!("relay: {peer} dropped, {MAX_PENDING} handshakes already pending");
             continue;
         }
-        let _ = s.get_ref().set_nodelay(true);
         let guard = ConnGuard::new(&inner.rstats);
         crate::rt::spawn(conn(inner.clone(), s, peer, guard)).detach();
     }

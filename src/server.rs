@@ -329,7 +329,6 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
     let mut errors = 0u32;
     loop {
         let (s, peer) = accept_next("tunnel", &l, &mut errors).await;
-        let _ = s.get_ref().set_nodelay(true);
         // Registered here, not in the task: a burst is accepted before any task runs.
         let (evict, evicted) = bounded::<()>(1);
         let id = {
@@ -590,7 +589,6 @@ pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
             }
             continue;
         }
-        let _ = s.get_ref().set_nodelay(true);
         // Counted here, not in the task: a burst is accepted before any task runs.
         let active = ActiveGuard::new(&inner.stats, false);
         crate::rt::spawn(user_conn(inner.clone(), s, peer, active)).detach();

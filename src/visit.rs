@@ -128,7 +128,6 @@ impl Visit {
                     }
                     continue;
                 }
-                let _ = s.get_ref().set_nodelay(true);
                 let task = local_conn(inner.clone(), name.clone(), warn.clone(), s, peer);
                 crate::rt::spawn(task).detach();
             }
