@@ -3,10 +3,10 @@
 //!
 //! # Implementation
 //! With a source address the socket is bound to `(IP, 0)` before the connect
-//! ([`net::connect_socket`]). Like NodePass, a source address that cannot be used falls back to the
-//! system's choice: the first time binding fails (the address is not on this host any more)
-//! a warning is logged and every later dial lets the system choose. A target of the other
-//! address family than `dial=` is dialed without a source address.
+//! ([`net::connect_socket`]). Like NodePass, a source address that cannot be used falls back
+//! to the system's choice: the first time binding fails (the address is not on this host any
+//! more) a warning is logged and every later dial lets the system choose. A target of the
+//! other address family than `dial=` is dialed without a source address.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
