@@ -77,6 +77,8 @@ pub fn echo_server_at(addr: SocketAddr) -> (SocketAddr, Task<()>) {
     let task = smol::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
+                // Out of descriptors, say: a pause, not a spin that starves the other tasks.
+                smol::Timer::after(std::time::Duration::from_millis(10)).await;
                 continue;
             };
             smol::spawn(async move {
@@ -209,6 +211,8 @@ pub fn reply_after_eof_server(reply: Vec<u8>) -> (SocketAddr, Task<()>) {
     let task = smol::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
+                // Out of descriptors, say: a pause, not a spin that starves the other tasks.
+                smol::Timer::after(std::time::Duration::from_millis(10)).await;
                 continue;
             };
             let reply = reply.clone();
