@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod copy;
 pub mod dialer;
@@ -336,7 +337,7 @@ async fn report(stats: Arc<Stats>, every: Duration, log: LogLevel, mode: u8) {
     loop {
         Timer::after(every).await;
         match log {
-            LogLevel::Event => println!("{}", stats.checkpoint(mode)),
+            LogLevel::Event => console::out(format_args!("{}", stats.checkpoint(mode))),
             LogLevel::Debug | LogLevel::Info => log::info!("{}", stats.line()),
             _ => {}
         }

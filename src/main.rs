@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use async_signal::{Signal, Signals};
 use edgepass::cli::{self, Command};
 use edgepass::config::LogLevel;
+use edgepass::console;
 use edgepass::shutdown::Shutdown;
 use smol::stream::StreamExt;
 
@@ -16,16 +17,16 @@ fn main() -> ExitCode {
     let env = |k: &str| std::env::var(k).ok();
     let cfg = match cli::parse_args(args, &env) {
         Ok(Command::Help) => {
-            print!("{}", cli::HELP);
+            console::out(format_args!("{}", cli::HELP.trim_end_matches('\n')));
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("edgepass {}", env!("CARGO_PKG_VERSION"));
+            console::out(format_args!("edgepass {}", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run(cfg)) => cfg,
         Err(e) => {
-            eprintln!("edgepass: {e} (see edgepass --help)");
+            console::err(format_args!("edgepass: {e} (see edgepass --help)"));
             return ExitCode::from(2);
         }
     };
@@ -36,11 +37,8 @@ fn main() -> ExitCode {
         LogLevel::Warn | LogLevel::Event => log::LevelFilter::Warn,
         LogLevel::Error => log::LevelFilter::Error,
     };
-    // Only our own lines: dependencies log at their own level through `log` too.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Warn)
-        .with_module_level("edgepass", level)
-        .init();
+    // Our own lines at the level asked for; dependencies log through `log` too, at warn.
+    let _ = console::Logger::init(level);
     let shutdown = Shutdown::new();
     // Every task on this thread (see edgepass::rt).
     edgepass::rt::block_on(async {
@@ -48,7 +46,7 @@ fn main() -> ExitCode {
             Ok(n) => n,
             // A bad file named in the configuration: bad usage, nothing was started.
             Err(e @ edgepass::error::Error::Config(_)) => {
-                eprintln!("edgepass: {e}");
+                console::err(format_args!("edgepass: {e}"));
                 return ExitCode::from(2);
             }
             Err(e) => {

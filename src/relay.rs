@@ -166,7 +166,9 @@ async fn report(inner: Arc<Inner>) {
     loop {
         Timer::after(inner.cfg.relay.stats).await;
         match inner.cfg.log {
-            LogLevel::Event => println!("{}", inner.rstats.event(&inner.stats)),
+            LogLevel::Event => {
+                crate::console::out(format_args!("{}", inner.rstats.event(&inner.stats)))
+            }
             LogLevel::Debug | LogLevel::Info => log::info!("{}", inner.rstats.line(&inner.stats)),
             _ => {}
         }

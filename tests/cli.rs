@@ -227,3 +227,22 @@ fn sigterm_waits_at_most_shutdown_timeout_for_open_connections() {
         );
     });
 }
+
+/// A pipe whose reading end is already closed: every write to the other end fails with EPIPE.
+fn reader_gone() -> std::process::Stdio {
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
+    drop(r);
+    w.into()
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_dropped_not_a_crash() {
+    // `edgepass --help | head -0`, say; and a bad URL with stderr gone: still exit 2.
+    for (args, code) in [(&["--help"][..], 0), (&["--version"], 0), (&["ftp://x"], 2)] {
+        let mut c = command(args, &[]);
+        c.stdout(reader_gone()).stderr(reader_gone());
+        let mut child = Child(c.spawn().expect("spawn edgepass"));
+        let got = child.exit_within(Duration::from_secs(5));
+        assert_eq!(got, Some(code), "{args:?}");
+    }
+}

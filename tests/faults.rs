@@ -1,11 +1,13 @@
 //! Faults with the real binaries: kill -9 of the client or the server in the middle of
 //! transfers (the survivor logs it, keeps running, and service is back within 5 s of the
-//! peer's return), and SIGTERM with several checksummed transfers in flight (no byte lost).
+//! peer's return), SIGTERM with several checksummed transfers in flight (no byte lost), and
+//! a server whose stderr reader went away (its log lines are dropped; it keeps serving).
 //! Timings use `SERVICE_COOLDOWN=100ms`; with the default 3 s the client's first retry comes
 //! 2.25–3.75 s after a loss (jittered, doubling while the server stays away).
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,5 +177,37 @@ fn sigterm_with_concurrent_transfers_loses_no_byte() {
         assert_eq!(b.server.exit_within(Duration::from_secs(7)), Some(0));
         b.client.term();
         assert_eq!(b.client.exit_within(Duration::from_secs(5)), Some(0));
+    });
+}
+
+#[test]
+fn a_server_whose_stderr_reader_went_away_keeps_serving() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let mut c = command(&["server://s3cret@127.0.0.1:0/127.0.0.1:0?log=info"], ENV);
+        c.stdout(std::process::Stdio::null());
+        let mut server = Child(c.spawn().expect("spawn edgepass"));
+        let mut lines = BufReader::new(server.0.stderr.take().expect("stderr pipe")).lines();
+        let first = lines.next().expect("a first line").expect("utf-8");
+        let (tunnel, public) = server_addrs(&first);
+        // Nobody reads the server's stderr any more: each line it logs from here on fails
+        // with EPIPE (`edgepass ... 2>&1 | head -1`, a log daemon that restarted).
+        drop(lines);
+
+        // A session (the server logs it), a hostile peer (a warning), and then service.
+        let (_client, clog) = spawn(&format!("client://s3cret@{tunnel}/{target}?log=info"), ENV);
+        wait_line(&clog, "session up");
+        let out =
+            hostile::send_and_wait_close(tunnel, b"GET / HTTP/1.0\r\n\r\n".to_vec(), WAIT).await;
+        assert!(
+            out.closed_after.is_some(),
+            "the hostile peer was not closed"
+        );
+        let data = pattern(64 << 10, 7);
+        assert!(
+            round_trip(public, &data).await == data,
+            "the echo came back wrong"
+        );
+        assert!(server.running(), "the server died of a log line");
     });
 }

@@ -113,8 +113,8 @@ pub fn spawn_cmd(mut c: Command) -> (Child, Receiver<String>) {
     let stderr = child.stderr.take().expect("stderr pipe");
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        // Keeps draining after the receiver is gone: a closed stderr would make the process
-        // panic at its next log line (eprintln! on EPIPE).
+        // Keeps draining after the receiver is gone, so the log stays complete for a test
+        // that reads it late (a closed stderr drops lines; tests/faults.rs checks that).
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
