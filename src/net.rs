@@ -146,14 +146,24 @@ pub async fn dial_udp(hp: &HostPort, timeout: Duration) -> Result<Async<UdpSocke
     })))
 }
 
-/// Bind a listener on `hp` (the first address that binds), with TCP_NODELAY set: accepted
-/// connections inherit it.
+/// Connections a listener queues before they are accepted (the kernel caps it at
+/// `net.core.somaxconn`). The standard library listens with 128: a burst of more users than
+/// that at once (or a client refilling a large pool) overflowed it, and the kernel fell back
+/// to SYN cookies and dropped handshakes, which cost the users a SYN retransmit (a second or
+/// more) and, now and then, left a connection open on our side that its user had no record
+/// of.
+pub const BACKLOG: i32 = 4096;
+
+/// Bind a listener on `hp` (the first address that binds), with a queue of [`BACKLOG`] and
+/// TCP_NODELAY set: accepted connections inherit it.
 pub async fn listen(hp: &HostPort, timeout: Duration) -> Result<Async<TcpListener>> {
     let addrs = resolve(hp, timeout).await?;
     let mut last = None;
     for addr in addrs {
         match Async::<TcpListener>::bind(addr) {
             Ok(l) => {
+                // Listening again on a listening socket sets its queue length.
+                rustix::net::listen(&l, BACKLOG).map_err(io::Error::from)?;
                 rustix::net::sockopt::set_tcp_nodelay(&l, true).map_err(io::Error::from)?;
                 return Ok(l);
             }

@@ -56,7 +56,8 @@ impl Child {
         let _ = self.0.wait();
     }
 
-    fn signal(&self, sig: &str) {
+    /// Send `sig` ("-STOP", "-CONT", ...) through kill(1).
+    pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.0.id().to_string()])
             .status()

@@ -61,3 +61,27 @@ pub fn fd_budget(want: usize, per: usize, spare: usize) -> usize {
     let soft = nofile().0.min(usize::MAX as u64) as usize;
     want.min(soft.saturating_sub(spare) / per.max(1))
 }
+
+/// Connections waiting in the accept queue of the IPv4 listener on `port` (the `rx_queue` of
+/// its LISTEN line in /proc/net/tcp), if there is one.
+pub fn accept_queue(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue ...; st 0A is LISTEN.
+        if f.len() > 4 && f[1].ends_with(&local) && f[3] == "0A" {
+            usize::from_str_radix(f[4].split_once(':')?.1, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// `net.core.somaxconn`: the kernel's cap on a listener's queue (128 if unreadable).
+pub fn somaxconn() -> usize {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(128)
+}
