@@ -122,6 +122,7 @@ ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     REPORT_INTERVAL [5s]        SERVICE_COOLDOWN [3s]       SHUTDOWN_TIMEOUT [5s]
     MIN_POOL_CAPACITY [4]       MAX_POOL_CAPACITY [64]      (defaults of min and max)
     TCP_SPLICE [1]              (0: copy plain TCP through user-space buffers, not splice(2))
+    TCP_KEEPALIVE [60s]         (0: off; probes for accepted connections silent that long)
     POOL_REUSE [2]              (pool connections carry user after user: 0 no, 1 TLS ones, 2 all)
 
 EXIT CODES:

@@ -313,7 +313,7 @@ async fn ingress(inner: &Arc<Inner>) -> Result<Arc<server::Inner>> {
         .targets
         .first()
         .ok_or(Error::Proto(ProtoError::Unexpected("no listen address")))?;
-    let users = crate::net::listen(at, inner.cfg.tuning.dial_timeout).await?;
+    let users = crate::net::listen(at, &inner.cfg.tuning).await?;
     let ing = server::Inner::ingress(
         inner.cfg.clone(),
         inner.stats.clone(),
@@ -323,8 +323,7 @@ async fn ingress(inner: &Arc<Inner>) -> Result<Arc<server::Inner>> {
     #[cfg(feature = "udp")]
     let users = match (&inner.udp_arena, inner.cfg.noudp) {
         (Some(arena), false) => {
-            let (users, sock) =
-                crate::udp::bind_beside(users, at, inner.cfg.tuning.dial_timeout).await?;
+            let (users, sock) = crate::udp::bind_beside(users, at, &inner.cfg.tuning).await?;
             let (ing, arena, stop) = (ing.clone(), arena.clone(), inner.shutdown.clone());
             crate::rt::spawn(async move {
                 crate::udp::serve(ing, Arc::new(sock), arena)

@@ -126,6 +126,11 @@ pub struct Tuning {
     pub shutdown_timeout: Duration,
     /// `TCP_SPLICE` (0 or 1, default 1): relay plain TCP with splice(2) on Linux.
     pub splice: bool,
+    /// `TCP_KEEPALIVE` (default 60s, `0` off): a connection accepted by any of our listeners
+    /// that carries nothing for this long gets TCP keepalive probes, and is closed when
+    /// [`KEEPALIVE_PROBES`](crate::net::KEEPALIVE_PROBES) go unanswered (a user that vanished
+    /// without a FIN: power lost, a NAT mapping dropped).
+    pub keepalive: Option<Duration>,
     /// `POOL_REUSE`: which pool connections carry TCP users in chunks and are reused after
     /// them (`tcpr`) instead of closed (`tcp`).
     pub reuse: Reuse,

@@ -40,7 +40,7 @@ impl Forward {
         bufs: (Arc<Arena>, Option<Arc<Arena>>),
         shutdown: Shutdown,
     ) -> Result<Forward> {
-        let tcp = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?;
+        let tcp = net::listen(&cfg.tunnel, &cfg.tuning).await?;
         Self::with_listener(tcp, cfg, stats, bufs, shutdown).await
     }
 
@@ -55,7 +55,7 @@ impl Forward {
         #[cfg(feature = "udp")]
         let (tcp, udp) = if bufs.1.is_some() {
             let hp = cfg.tunnel.clone();
-            let (t, u) = crate::udp::bind_beside(tcp, &hp, cfg.tuning.dial_timeout).await?;
+            let (t, u) = crate::udp::bind_beside(tcp, &hp, &cfg.tuning).await?;
             (t, Some(u))
         } else {
             (tcp, None)

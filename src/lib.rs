@@ -228,16 +228,14 @@ fn udp_buf_len(cfg: &Config) -> usize {
 /// client started before its server on the same machine must not turn into a forwarder.
 async fn single_end(cfg: &Config) -> Result<Option<Async<TcpListener>>> {
     match cfg.mode {
-        1 => Ok(Some(
-            net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?,
-        )),
+        1 => Ok(Some(net::listen(&cfg.tunnel, &cfg.tuning).await?)),
         0 if cfg.name.is_none()
             && cfg.key.is_none()
             && cfg.tls == config::TlsMode::Off
             && cfg.ca.is_none()
             && cfg.sni.is_none() =>
         {
-            let l = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await.ok();
+            let l = net::listen(&cfg.tunnel, &cfg.tuning).await.ok();
             if l.is_some() {
                 log::info!(
                     "mode=0: {} is a local address, forwarding without a server",

@@ -9,7 +9,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use smol::future::FutureExt;
 use smol::{Async, Timer};
 
-use crate::config::{Host, HostPort};
+use crate::config::{Host, HostPort, Tuning};
 use crate::error::{Error, Result};
 
 /// Upper bound on addresses tried for one name.
@@ -154,10 +154,16 @@ pub async fn dial_udp(hp: &HostPort, timeout: Duration) -> Result<Async<UdpSocke
 /// of.
 pub const BACKLOG: i32 = 4096;
 
-/// Bind a listener on `hp` (the first address that binds), with a queue of [`BACKLOG`] and
-/// TCP_NODELAY set: accepted connections inherit it.
-pub async fn listen(hp: &HostPort, timeout: Duration) -> Result<Async<TcpListener>> {
-    let addrs = resolve(hp, timeout).await?;
+/// Unanswered keepalive probes after which the kernel closes a connection.
+pub const KEEPALIVE_PROBES: u32 = 3;
+
+/// Bind a listener on `hp` (the first address that binds, looked up within
+/// `tuning.dial_timeout`), with a queue of [`BACKLOG`], TCP_NODELAY, and keepalive after
+/// `tuning.keepalive` of silence (probes a third of that apart, [`KEEPALIVE_PROBES`] of
+/// them). Linux copies these options to every connection the listener accepts, so they cost
+/// no syscall per connection.
+pub async fn listen(hp: &HostPort, tuning: &Tuning) -> Result<Async<TcpListener>> {
+    let addrs = resolve(hp, tuning.dial_timeout).await?;
     let mut last = None;
     for addr in addrs {
         match Async::<TcpListener>::bind(addr) {
@@ -165,6 +171,9 @@ pub async fn listen(hp: &HostPort, timeout: Duration) -> Result<Async<TcpListene
                 // Listening again on a listening socket sets its queue length.
                 rustix::net::listen(&l, BACKLOG).map_err(io::Error::from)?;
                 rustix::net::sockopt::set_tcp_nodelay(&l, true).map_err(io::Error::from)?;
+                if let Some(idle) = tuning.keepalive {
+                    keepalive(&l, idle).map_err(io::Error::from)?;
+                }
                 return Ok(l);
             }
             Err(e) => last = Some(e),
@@ -173,4 +182,13 @@ pub async fn listen(hp: &HostPort, timeout: Duration) -> Result<Async<TcpListene
     Err(Error::Io(
         last.unwrap_or_else(|| io::Error::other("nothing to bind")),
     ))
+}
+
+/// TCP keepalive on `s`: probes after `idle` without traffic, then every third of it.
+fn keepalive(s: &impl std::os::fd::AsFd, idle: Duration) -> rustix::io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(s, true)?;
+    sockopt::set_tcp_keepidle(s, idle)?;
+    sockopt::set_tcp_keepintvl(s, (idle / 3).max(Duration::from_secs(1)))?;
+    sockopt::set_tcp_keepcnt(s, KEEPALIVE_PROBES)
 }

@@ -97,7 +97,7 @@ impl Relay {
         // Certificates first: a bad file is a configuration error and nothing is bound.
         #[cfg(feature = "tls")]
         let tls = crate::tls::ServerTls::new(&cfg)?;
-        let listener = net::listen(&cfg.tunnel, cfg.tuning.dial_timeout).await?;
+        let listener = net::listen(&cfg.tunnel, &cfg.tuning).await?;
         let device_key = Key::new(&cfg.key_bytes());
         let visit_key = match &cfg.relay.visit_key {
             Some(k) => Key::new(k.as_bytes()),

@@ -205,7 +205,7 @@ impl Server {
     ) -> Result<Server> {
         #[cfg(feature = "tls")]
         let tls = ServerTls::new(&cfg)?;
-        let t = cfg.tuning.dial_timeout;
+        let t = &cfg.tuning;
         let tunnel = net::listen(&cfg.tunnel, t).await?;
         let target = cfg
             .targets

@@ -19,7 +19,6 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use smol::future::FutureExt;
 use smol::io::AsyncWriteExt;
@@ -29,7 +28,7 @@ pub use relay::{buf_len, lock, Meters, Push, Queue, Relay, Source};
 
 use crate::arena::Arena;
 use crate::client;
-use crate::config::HostPort;
+use crate::config::{HostPort, Tuning};
 use crate::error::{Error, Result};
 use crate::net;
 use crate::server::{self, take_pool};
@@ -49,7 +48,7 @@ const SERVER_RCVBUF: usize = 1 << 20;
 pub(crate) async fn bind_beside(
     mut users: Async<TcpListener>,
     hp: &HostPort,
-    timeout: Duration,
+    tuning: &Tuning,
 ) -> Result<(Async<TcpListener>, Async<UdpSocket>)> {
     let mut last = None;
     for _ in 0..BIND_TRIES {
@@ -64,7 +63,7 @@ pub(crate) async fn bind_beside(
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && hp.port == 0 => {
                 last = Some(e);
-                users = net::listen(hp, timeout).await?;
+                users = net::listen(hp, tuning).await?;
             }
             Err(e) => return Err(e.into()),
         }

@@ -58,11 +58,11 @@ impl Visit {
             .targets
             .first()
             .ok_or(Error::Proto(ProtoError::Unexpected("no local address")))?;
-        let listener = net::listen(local, cfg.tuning.dial_timeout).await?;
+        let listener = net::listen(local, &cfg.tuning).await?;
         #[cfg(feature = "udp")]
         let (listener, udp) = match &udp_arena {
             Some(_) => {
-                let t = cfg.tuning.dial_timeout;
+                let t = &cfg.tuning;
                 let (l, sock) = crate::udp::bind_beside(listener, local, t).await?;
                 (l, Some(Arc::new(sock)))
             }

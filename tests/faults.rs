@@ -1,7 +1,8 @@
 //! Faults with the real binaries: kill -9 of the client or the server in the middle of
 //! transfers (the survivor logs it, keeps running, and service is back within 5 s of the
 //! peer's return), SIGTERM with several checksummed transfers in flight (no byte lost), and
-//! a server whose stderr reader went away (its log lines are dropped; it keeps serving).
+//! a server whose stderr reader went away (its log lines are dropped; it keeps serving), and
+//! keepalive on the connections the server accepts (`TCP_KEEPALIVE`).
 //! Timings use `SERVICE_COOLDOWN=100ms`; with the default 3 s the client's first retry comes
 //! 2.25–3.75 s after a loss (jittered, doubling while the server stays away).
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::bin::*;
+use common::procfs::tcp_timer;
 use common::*;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::Async;
@@ -209,5 +211,40 @@ fn a_server_whose_stderr_reader_went_away_keeps_serving() {
             "the echo came back wrong"
         );
         assert!(server.running(), "the server died of a log line");
+    });
+}
+
+/// The server's end of a user connection carries a keepalive timer of `TCP_KEEPALIVE` (its
+/// listener's options, copied by the kernel at accept), and none with `TCP_KEEPALIVE=0`.
+#[test]
+fn accepted_connections_get_keepalive_unless_it_is_off() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        for (value, want) in [("7s", Some(7.0)), ("0", None)] {
+            let env: Vec<_> = ENV
+                .iter()
+                .copied()
+                .chain([("TCP_KEEPALIVE", value)])
+                .collect();
+            let b = binaries(target, &env);
+            let mut s = Async::<TcpStream>::connect(b.public)
+                .await
+                .expect("connect");
+            s.write_all(b"ping").await.expect("write");
+            let mut back = [0u8; 4];
+            s.read_exact(&mut back).await.expect("echo");
+            let me = s.get_ref().local_addr().expect("addr").port();
+            // Until the echo's last ACK is in, the retransmit timer runs instead.
+            let timer = || tcp_timer(b.public.port(), me).filter(|t| t.0 != 1);
+            wait_until("the server socket's timer to settle", || timer().is_some()).await;
+            let (kind, left) = timer().expect("the server's end of the connection");
+            match want {
+                Some(idle) => assert!(
+                    kind == 2 && left <= idle && left > idle - 3.0,
+                    "TCP_KEEPALIVE={value}: timer kind {kind}, {left} s left"
+                ),
+                None => assert_eq!(kind, 0, "TCP_KEEPALIVE=0: timer kind {kind}, {left} s"),
+            }
+        }
     });
 }

@@ -14,8 +14,13 @@
 //! them each way), as `tc netem` would do, which this kernel may lack. The tunnel through the
 //! NAT carries 4 MiB intact across it, and the client's ping shows the delay.
 //!
-//! The echo target (client-ns) and the user (server-ns) are this test binary re-run inside
-//! the namespace through `ip netns exec` with `EP_NAT_ROLE` set (the `nat_helper` test).
+//! `nat_vanished_user_closed_by_keepalive`: a user in router-ns holds a connection to the
+//! server's public port, then its packets stop (iptables drops them, as when a device loses
+//! power or a NAT drops its mapping: no FIN, no RST). With `TCP_KEEPALIVE=2s` the server's
+//! probes go unanswered, it closes the connection, and the client closes the target's end.
+//!
+//! The echo target (client-ns) and the users (server-ns, router-ns) are this test binary re-run
+//! inside the namespace through `ip netns exec` with `EP_NAT_ROLE` set (the `nat_helper` test).
 
 mod common;
 
@@ -209,8 +214,35 @@ fn nat_helper() {
             ));
             assert!(back.is_some_and(|b| b == data), "user: data wrong or late");
         }
+        "hold" => smol::block_on(async {
+            let addr: std::net::SocketAddr = std::env::var("EP_NAT_ADDR")
+                .expect("addr")
+                .parse()
+                .expect("addr");
+            let back = within(WAIT, round_trip_open(addr, b"ping")).await;
+            let mut s = back.expect("user: no echo in time");
+            // Hold it: no more bytes, no close, until the test kills this process.
+            let mut buf = [0u8; 16];
+            let _ = smol::io::AsyncReadExt::read(&mut s, &mut buf).await;
+        }),
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Connect to `addr`, send `data` and read it back, keeping the connection open.
+async fn round_trip_open(
+    addr: std::net::SocketAddr,
+    data: &[u8],
+) -> smol::Async<std::net::TcpStream> {
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = smol::Async::<std::net::TcpStream>::connect(addr)
+        .await
+        .expect("connect");
+    s.write_all(data).await.expect("write");
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).await.expect("read");
+    assert_eq!(back, data, "user: wrong echo");
+    s
 }
 
 /// The echo server of the harness on a fixed port (inside our own namespace).
@@ -224,22 +256,30 @@ struct Tunnel {
     server: Child,
     client: Child,
     clog: std::sync::mpsc::Receiver<String>,
+    slog: std::sync::mpsc::Receiver<String>,
     _echo: Child,
 }
 
+/// [`tunnel_env`] with [`ENV`].
 fn tunnel(net: &Net) -> Tunnel {
+    tunnel_env(net, ENV)
+}
+
+/// The tunnel with the binaries' environment `env`; users on port 7200 of every address of
+/// server-ns.
+fn tunnel_env(net: &Net, env: &[(&str, &str)]) -> Tunnel {
     let _echo = Child(helper(net.ns(0), "echo", &[]));
     let netns = |ns: &str, url: &str| {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, BIN, url])
             .env_clear()
-            .envs(ENV.iter().copied())
+            .envs(env.iter().copied())
             .stdin(Stdio::null());
         spawn_cmd(c)
     };
     let (server, slog) = netns(
         net.ns(2),
-        "server://s3cret@10.99.2.2:7100/127.0.0.1:7200?log=info",
+        "server://s3cret@10.99.2.2:7100/0.0.0.0:7200?log=info",
     );
     wait_line(&slog, "server: tunnel on");
     let (client, clog) = netns(
@@ -254,6 +294,7 @@ fn tunnel(net: &Net) -> Tunnel {
         server,
         client,
         clog,
+        slog,
         _echo,
     }
 }
@@ -270,6 +311,7 @@ fn nat_traversal_rebinding_and_loss() {
         mut client,
         clog,
         _echo,
+        ..
     } = tunnel(&net);
     assert!(user(&net, 256 * 1024, 1), "no traffic through the NAT");
 
@@ -353,6 +395,7 @@ fn nat_delayed_lossy_link() {
         mut client,
         clog,
         _echo,
+        ..
     } = tunnel(&net);
     let sent = Instant::now();
     assert!(
@@ -397,5 +440,47 @@ fn nat_delayed_lossy_link() {
     eprintln!(
         "FIGURE NAT delayed lossy link test: {:?} in all",
         t0.elapsed()
+    );
+}
+
+/// A user that vanishes without a FIN or RST (its packets dropped from then on) is closed by
+/// the server's keepalive, and the client closes the target's end: nothing is held for good.
+#[test]
+#[ignore = "needs root and network namespaces; tests/nat.sh"]
+fn nat_vanished_user_closed_by_keepalive() {
+    let Some(net) = build('k', Wire::Veth) else {
+        return;
+    };
+    let env: Vec<_> = ENV
+        .iter()
+        .copied()
+        .chain([("TCP_KEEPALIVE", "2s")])
+        .collect();
+    let t = tunnel_env(&net, &env);
+    // The user in router-ns, one hop from the server; it echoes once, then holds.
+    let _user = Child(helper(
+        net.ns(1),
+        "hold",
+        &[("EP_NAT_ADDR", "10.99.2.2:7200".to_string())],
+    ));
+    wait_line(&t.slog, "tcp 1 open");
+    wait_line(&t.clog, "tcp 1 open");
+    // From now on nothing the user's host sends leaves it: the server's probes go unanswered.
+    must(
+        Some(net.ns(1)),
+        "iptables -I OUTPUT -p tcp -d 10.99.2.2 --dport 7200 -j DROP",
+    );
+    let cut = Instant::now();
+    wait_line(&t.slog, "tcp 0 open");
+    let server_closed = cut.elapsed();
+    wait_line(&t.clog, "tcp 0 open");
+    let client_closed = cut.elapsed();
+    eprintln!(
+        "FIGURE NAT vanished user: closed by keepalive (TCP_KEEPALIVE=2s, 3 probes 1 s apart) {server_closed:?} after its packets stopped; the client's target connection closed by {client_closed:?} (stats lines every 1 s)"
+    );
+    // 2 s of silence and 3 probes 1 s apart: about 5 s, plus a stats interval to see it.
+    assert!(
+        server_closed < Duration::from_secs(12),
+        "took {server_closed:?}"
     );
 }

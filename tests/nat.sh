@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v conntrack >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq conntrack >/dev/null 2>&1 || true; }
-cargo test --test nat -- --ignored --exact nat_traversal_rebinding_and_loss nat_delayed_lossy_link --nocapture 2>&1 | grep -E "FIGURE|SKIPPED|^test |test result|panicked"
+cargo test --test nat -- --ignored --exact nat_traversal_rebinding_and_loss nat_delayed_lossy_link nat_vanished_user_closed_by_keepalive --nocapture 2>&1 | grep -E "FIGURE|SKIPPED|^test |test result|panicked"

@@ -36,6 +36,7 @@ impl Default for Tuning {
             service_cooldown: ms(3_000),
             shutdown_timeout: ms(5_000),
             splice: true,
+            keepalive: Some(ms(60_000)),
             reuse: Reuse::Always,
         }
     }
@@ -71,6 +72,7 @@ impl Tuning {
             // Zero makes sense here: close open connections at once on a stop signal.
             shutdown_timeout: time(env, "SHUTDOWN_TIMEOUT", d.shutdown_timeout, true)?,
             splice: size(env, "TCP_SPLICE", usize::from(d.splice), 0, 1)? == 1,
+            keepalive: keepalive(env, d.keepalive)?,
             reuse: match size(env, "POOL_REUSE", d.reuse as usize, 0, 2)? {
                 0 => Reuse::Never,
                 1 => Reuse::Tls,
@@ -117,6 +119,25 @@ fn size(
         Some((var, value)) => number(&value, &format!("{var}={value}"), lo, hi),
         None => Ok(default),
     }
+}
+
+/// Longest `TCP_KEEPALIVE`: Linux takes at most 32,767 s of idle time.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(9 * 3600);
+
+/// `TCP_KEEPALIVE`: `0` turns keepalive off, else 1 s to 9 h (the kernel counts whole seconds).
+fn keepalive(env: Env<'_>, default: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
+    let Some((var, value)) = lookup(env, "TCP_KEEPALIVE") else {
+        return Ok(default);
+    };
+    let part = format!("{var}={value}");
+    let d = parse_duration(&value).map_err(|reason| err(&part, reason))?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if d < Duration::from_secs(1) || d > MAX_KEEPALIVE {
+        return Err(err(&part, "keepalive must be 0 (off) or from 1s to 9h"));
+    }
+    Ok(Some(d))
 }
 
 /// A duration variable; zero only where `zero_ok`.

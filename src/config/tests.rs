@@ -289,6 +289,17 @@ fn environment_precedence() {
 }
 
 #[test]
+fn keepalive_default_value_and_off() {
+    let keep = |v: Option<&str>| {
+        let env = |k: &str| (k == "TCP_KEEPALIVE").then(|| v.unwrap_or("").to_owned());
+        parse("server://h:1/t:2", &env).unwrap().tuning.keepalive
+    };
+    assert_eq!(keep(None), Some(Duration::from_secs(60)), "default");
+    assert_eq!(keep(Some("15s")), Some(Duration::from_secs(15)));
+    assert_eq!(keep(Some("0")), None, "0 turns it off");
+}
+
+#[test]
 fn bad_environment() {
     let table: &[(&str, &str, &str)] = &[
         ("NP_REPORT_INTERVAL", "abc", "NP_REPORT_INTERVAL=abc"),
@@ -308,6 +319,9 @@ fn bad_environment() {
         ("NP_MAX_POOL_CAPACITY", "0", "NP_MAX_POOL_CAPACITY=0"),
         ("MIN_POOL_CAPACITY", "x", "MIN_POOL_CAPACITY=x"),
         ("MIN_POOL_CAPACITY", "100", "min=100&max=64"),
+        ("TCP_KEEPALIVE", "500ms", "TCP_KEEPALIVE=500ms"),
+        ("NP_TCP_KEEPALIVE", "10h", "NP_TCP_KEEPALIVE=10h"),
+        ("TCP_KEEPALIVE", "often", "TCP_KEEPALIVE=often"),
     ];
     for &(var, value, part) in table {
         let env = |k: &str| (k == var).then(|| value.to_owned());

@@ -85,3 +85,23 @@ pub fn somaxconn() -> usize {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(128)
 }
+
+/// The kernel timer of this machine's IPv4 TCP socket `local_port` → `remote_port`, from its
+/// /proc/net/tcp line: (kind, seconds left). Kinds: 0 none, 1 retransmit, 2 keepalive (or
+/// SYN-ACK), 3 TIME_WAIT, 4 zero-window probe.
+pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<(u8, f64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let (local, remote) = (format!(":{local_port:04X}"), format!(":{remote_port:04X}"));
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...; `when` is in
+        // clock ticks (USER_HZ, 100 per second).
+        if f.len() > 5 && f[1].ends_with(&local) && f[2].ends_with(&remote) {
+            let (kind, when) = f[5].split_once(':')?;
+            let ticks = u64::from_str_radix(when, 16).ok()?;
+            Some((u8::from_str_radix(kind, 16).ok()?, ticks as f64 / 100.0))
+        } else {
+            None
+        }
+    })
+}
