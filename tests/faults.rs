@@ -1,7 +1,7 @@
 //! Faults with the real binaries: kill -9 of the client or the server in the middle of
 //! transfers (the survivor logs it, keeps running, and service is back within 5 s of the
-//! peer's return), SIGTERM with several checksummed transfers in flight (no byte lost), and
-//! a server whose stderr reader went away (its log lines are dropped; it keeps serving), and
+//! peer's return), SIGTERM with several checksummed transfers in flight (no byte lost), a
+//! server whose stderr reader went away (its log lines are dropped; it keeps serving), and
 //! keepalive on the connections the server accepts (`TCP_KEEPALIVE`).
 //! Timings use `SERVICE_COOLDOWN=100ms`; with the default 3 s the client's first retry comes
 //! 2.25–3.75 s after a loss (jittered, doubling while the server stays away).
