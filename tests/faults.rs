@@ -227,12 +227,7 @@ fn accepted_connections_get_keepalive_unless_it_is_off() {
                 .chain([("TCP_KEEPALIVE", value)])
                 .collect();
             let b = binaries(target, &env);
-            let mut s = Async::<TcpStream>::connect(b.public)
-                .await
-                .expect("connect");
-            s.write_all(b"ping").await.expect("write");
-            let mut back = [0u8; 4];
-            s.read_exact(&mut back).await.expect("echo");
+            let s = echo_once(b.public, b"ping").await;
             let me = s.get_ref().local_addr().expect("addr").port();
             // Until the echo's last ACK is in, the retransmit timer runs instead.
             let timer = || tcp_timer(b.public.port(), me).filter(|t| t.0 != 1);

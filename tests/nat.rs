@@ -219,7 +219,7 @@ fn nat_helper() {
                 .expect("addr")
                 .parse()
                 .expect("addr");
-            let back = within(WAIT, round_trip_open(addr, b"ping")).await;
+            let back = within(WAIT, echo_once(addr, b"ping")).await;
             let mut s = back.expect("user: no echo in time");
             // Hold it: no more bytes, no close, until the test kills this process.
             let mut buf = [0u8; 16];
@@ -227,22 +227,6 @@ fn nat_helper() {
         }),
         other => panic!("unknown role {other}"),
     }
-}
-
-/// Connect to `addr`, send `data` and read it back, keeping the connection open.
-async fn round_trip_open(
-    addr: std::net::SocketAddr,
-    data: &[u8],
-) -> smol::Async<std::net::TcpStream> {
-    use smol::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = smol::Async::<std::net::TcpStream>::connect(addr)
-        .await
-        .expect("connect");
-    s.write_all(data).await.expect("write");
-    let mut back = vec![0u8; data.len()];
-    s.read_exact(&mut back).await.expect("read");
-    assert_eq!(back, data, "user: wrong echo");
-    s
 }
 
 /// The echo server of the harness on a fixed port (inside our own namespace).

@@ -280,6 +280,16 @@ pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Connect, send `data`, read it back (checked), and return the connection still open.
+pub async fn echo_once(addr: SocketAddr, data: &[u8]) -> Async<TcpStream> {
+    let mut s = Async::<TcpStream>::connect(addr).await.expect("connect");
+    s.write_all(data).await.expect("write");
+    let mut back = vec![0u8; data.len()];
+    s.read_exact(&mut back).await.expect("read");
+    assert_eq!(back, data, "wrong echo");
+    s
+}
+
 /// Deterministic test bytes.
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);

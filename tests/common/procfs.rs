@@ -62,15 +62,24 @@ pub fn fd_budget(want: usize, per: usize, spare: usize) -> usize {
     want.min(soft.saturating_sub(spare) / per.max(1))
 }
 
+/// The first of this machine's IPv4 TCP sockets (the lines of /proc/net/tcp, split into
+/// fields: sl, local_address, rem_address, st, tx_queue:rx_queue, tr:tm->when, ...) for which
+/// `pick` gives a value.
+fn tcp_socket<T>(pick: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 5).then(|| pick(&f)).flatten()
+    })
+}
+
 /// Connections waiting in the accept queue of the IPv4 listener on `port` (the `rx_queue` of
 /// its LISTEN line in /proc/net/tcp), if there is one.
 pub fn accept_queue(port: u16) -> Option<usize> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let local = format!(":{port:04X}");
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // sl local_address rem_address st tx_queue:rx_queue ...; st 0A is LISTEN.
-        if f.len() > 4 && f[1].ends_with(&local) && f[3] == "0A" {
+    tcp_socket(|f| {
+        // st 0A is LISTEN.
+        if f[1].ends_with(&local) && f[3] == "0A" {
             usize::from_str_radix(f[4].split_once(':')?.1, 16).ok()
         } else {
             None
@@ -90,13 +99,10 @@ pub fn somaxconn() -> usize {
 /// /proc/net/tcp line: (kind, seconds left). Kinds: 0 none, 1 retransmit, 2 keepalive (or
 /// SYN-ACK), 3 TIME_WAIT, 4 zero-window probe.
 pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<(u8, f64)> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let (local, remote) = (format!(":{local_port:04X}"), format!(":{remote_port:04X}"));
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...; `when` is in
-        // clock ticks (USER_HZ, 100 per second).
-        if f.len() > 5 && f[1].ends_with(&local) && f[2].ends_with(&remote) {
+    tcp_socket(|f| {
+        // `when` is in clock ticks (USER_HZ, 100 per second).
+        if f[1].ends_with(&local) && f[2].ends_with(&remote) {
             let (kind, when) = f[5].split_once(':')?;
             let ticks = u64::from_str_radix(when, 16).ok()?;
             Some((u8::from_str_radix(kind, 16).ok()?, ticks as f64 / 100.0))
