@@ -4,12 +4,14 @@
 #
 # An idle tunnel runs a few hundred functions, but spread over a 2 MB text they touch most of
 # its 64 KiB fault-around windows, and all of those pages count as resident. Laid out
-# together, they touch a handful. The list is made by running the stripped release build
-# under callgrind: a server and a client idle with a session up first, then connections
-# through them with tls=0, a burst of 500 held at once, and connections with tls=1; every
-# code address seen is looked up in the linker map.
+# together, they touch a handful. The list is made by running the stripped release build,
+# a server and a client: idle with a session up first, then connections through them with
+# tls=0, a burst of 500 held at once, and connections with tls=1. Each run is made twice:
+# natively under gdb (cross/native_trace.py: the functions this CPU's feature checks pick,
+# such as ring's ADX and VAES assembly) and under callgrind (the functions a CPU without
+# those features runs); every function seen is looked up in the linker map.
 #
-# Needs valgrind and python3. Run it after changes that move much code; symbols that no longer
+# Needs valgrind, gdb and python3. Run it after changes that move much code; symbols that no longer
 # exist are skipped by the linker, new ones land in the default order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,17 +48,38 @@ wait_for() { # FILE TEXT
   echo "timed out waiting for '$2' in $1" >&2; return 1
 }
 
-# One run: server and client under callgrind, users as given by USERS, then SIGINT.
-run() { # NAME TLS USERS
-  local name=$1 tls=$2 users=$3
-  valgrind --tool=callgrind --callgrind-out-file="$work/$name-s.cg" \
+# How a run starts a process: `under cg NAME` (callgrind) or `under gdb NAME` (native).
+under() { # HOW OUT CMD...
+  local how=$1 out=$2; shift 2
+  if [ "$how" = cg ]; then
+    exec valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$@"
+  else
+    exec env HOT_MAP="$work/map.txt" HOT_OUT="$out.names" \
+      gdb -q -batch -x cross/native_trace.py --args "$@"
+  fi
+}
+
+# The process a run signals: the binary itself, under gdb its child.
+target_pid() { # PID HOW
+  if [ "$2" = gdb ]; then
+    for _ in $(seq 100); do pgrep -P "$1" && return 0; sleep 0.1; done
+    return 1
+  fi
+  echo "$1"
+}
+
+# One run: server and client under HOW, users as given by USERS, then SIGINT.
+run() { # HOW NAME TLS USERS
+  local how=$1 name=$2 tls=$3 users=$4
+  name=$name-$how
+  under "$how" "$work/$name-s" \
     "$bin" "server://k@127.0.0.1:0/127.0.0.1:0?log=info&tls=$tls" > "$work/$name-s.log" 2>&1 &
   local vs=$!
   wait_for "$work/$name-s.log" "tunnel on"
   local tun pub
   tun=$(grep -o "tunnel on 127.0.0.1:[0-9]*" "$work/$name-s.log" | cut -d: -f2)
   pub=$(grep -o "users on 127.0.0.1:[0-9]*" "$work/$name-s.log" | cut -d: -f2)
-  valgrind --tool=callgrind --callgrind-out-file="$work/$name-c.cg" \
+  under "$how" "$work/$name-c" \
     "$bin" "client://k@127.0.0.1:$tun/127.0.0.1:$echo_port?log=info" > "$work/$name-c.log" 2>&1 &
   local vc=$!
   wait_for "$work/$name-c.log" "session up"
@@ -107,13 +130,16 @@ for i in range(n):
     s.close()
 ' "$pub" "$users"
   fi
-  kill -INT "$vs" "$vc"; wait "$vs" "$vc" || true
+  kill -INT "$(target_pid "$vs" "$how")" "$(target_pid "$vc" "$how")"
+  wait "$vs" "$vc" || true
 }
 
-run idle 0 idle
-run tcp 0 40
-run burst 0 burst
-run tls 1 40
-python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt \
-  "$work"/idle-s.cg "$work"/idle-c.cg "$work"/tcp-s.cg "$work"/tcp-c.cg \
-  "$work"/burst-s.cg "$work"/burst-c.cg "$work"/tls-s.cg "$work"/tls-c.cg
+# Per scenario, what this CPU runs first, then what a CPU without its features would run.
+profiles=()
+for scenario in "idle 0 idle" "tcp 0 40" "burst 0 burst" "tls 1 40" "tlsburst 1 burst"; do
+  set -- $scenario
+  run gdb "$@"
+  run cg "$@"
+  profiles+=("$work/$1-gdb-s.names" "$work/$1-gdb-c.names" "$work/$1-cg-s.cg" "$work/$1-cg-c.cg")
+done
+python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt "${profiles[@]}"

@@ -3,8 +3,8 @@
 
 Usage: hot_order.py MAP OUT PROFILE...
 
-MAP is the linker map of the build (`-Map`), PROFILE the callgrind files in order of priority
-(idle runs first). callgrind names the code of a stripped executable by its address in the
+MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files of
+cross/native_trace.py (one symbol per line) in order of priority (idle runs first). callgrind names the code of a stripped executable by its address in the
 file's own layout, so every address is looked up in the map as it is; the symbols found are written to OUT in the
 order first seen, so the code an idle tunnel runs is laid out together, then the code of its
 connections.
@@ -51,6 +51,12 @@ def main():
     starts = [a for a, _ in syms]
     seen, order = set(), []
     for profile in sys.argv[3:]:
+        if profile.endswith(".names"):
+            for name in open(profile).read().split():
+                if name not in seen:
+                    seen.add(name)
+                    order.append(name)
+            continue
         for addr in addresses(profile):
             # Code outside the executable's own (the vDSO, valgrind's) is not ours to order.
             if not any(lo <= addr < hi for lo, hi in ranges):

@@ -1,0 +1,74 @@
+"""gdb script: the functions a run of the binary calls natively, in the order first called.
+
+Usage: HOT_MAP=map.txt HOT_OUT=names.txt gdb -q -batch -x cross/native_trace.py --args BIN ARGS
+
+callgrind runs the code on valgrind's CPU, which lacks some of the host's features (ADX,
+VAES, VPCLMULQDQ, SHA extensions), so ring's assembly takes other paths there than on the
+machine itself. This puts a one-shot breakpoint on every function of the linker map, runs
+the binary as it is, and writes the name of each function hit, once, to HOT_OUT. Each
+breakpoint costs a stop only the first time, so the run is slow only while new code runs.
+Signal the binary itself (the child of gdb), not gdb, to end the run.
+"""
+import os
+
+import gdb  # noqa: F401 (provided by gdb)
+
+
+def code_symbols(map_path):
+    """{address: name} of the map's code symbols (first name per address)."""
+    out, code = {}, False
+    for line in open(map_path, errors="replace"):
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            continue
+        if parts[4].startswith("."):  # an output section
+            code = parts[4].startswith(".text")
+        elif code and not parts[4].startswith(("<", "/", "(")):
+            out.setdefault(addr, parts[4])
+    return out
+
+
+def load_base(binary):
+    """Where the (position-independent) binary was mapped."""
+    mappings = gdb.execute("info proc mappings", to_string=True)
+    for line in mappings.splitlines():
+        f = line.split()
+        if len(f) >= 5 and os.path.realpath(f[-1]) == binary:
+            return int(f[0], 16) - int(f[3], 16)
+    raise gdb.GdbError("binary not mapped")
+
+
+def main():
+    symbols = code_symbols(os.environ["HOT_MAP"])
+    binary = os.path.realpath(gdb.current_progspace().filename)
+    for cmd in (
+        "set pagination off",
+        "set confirm off",
+        "set breakpoint always-inserted on",
+        "handle SIGINT SIGTERM SIGPIPE SIGCHLD nostop noprint pass",
+        "starti",
+    ):
+        gdb.execute(cmd, to_string=True)
+    base = load_base(binary)
+    by_pc = {}
+    for addr, name in symbols.items():
+        by_pc[base + addr] = name
+        gdb.Breakpoint("*" + hex(base + addr), internal=True, temporary=True)
+    order = []
+    while True:
+        try:
+            gdb.execute("continue", to_string=True)
+            pc = int(gdb.parse_and_eval("(unsigned long)$pc"))
+        except gdb.error:  # the process is gone
+            break
+        if pc in by_pc:
+            order.append(by_pc.pop(pc))
+    with open(os.environ["HOT_OUT"], "w") as f:
+        f.write("".join(n + "\n" for n in order))
+
+
+main()
