@@ -95,9 +95,9 @@ impl Session {
         self.idle.len()
     }
 
-    /// Close up to `n` idle pool connections, oldest first; never one in use.
+    /// Close up to `n` idle pool connections, the newest first; never one in use.
     pub(crate) fn trim(&self, n: usize) {
-        self.idle.trim(n);
+        self.idle.trim(n, |pc| pc.id);
     }
 
     /// Close the session and every idle connection it holds.
@@ -551,7 +551,7 @@ struct Taker {
 }
 
 impl Taker {
-    /// Close up to `n` idle pool connections, oldest first; never one in use.
+    /// Close up to `n` idle pool connections, the newest first; never one in use.
     fn trim(&self, n: usize) {
         self.sess.trim(n);
         self.stats.pool_idle.store(self.sess.idle_len(), Relaxed);

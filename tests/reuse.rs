@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::procfs::ports_connected_to;
 use common::*;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::Async;
@@ -43,6 +44,50 @@ fn plain_users_in_a_row_ride_the_same_pool_connections() {
         wait_until("users closed", || t.server.stats.active() == 0).await;
         wait_until("targets closed", || t.client.stats.active() == 0).await;
         assert_eq!(t.server.stats.tcp_rx.get(), t.client.stats.tcp_rx.get());
+    });
+}
+
+/// After a burst the pool shrinks back to `min` by closing the connections dialed last: the
+/// ones from before the burst keep serving, so the heap pages the burst's connections used
+/// hold nothing any more and go back to the system.
+#[test]
+fn after_a_burst_the_pool_keeps_the_connections_from_before_it() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let t = tunnel_env("k", target, "?min=2&max=16", ALWAYS).await;
+        let tunnel_port = t.server.tunnel.expect("tunnel addr").port();
+        // The client's control connection and its two pool connections.
+        wait_until("the warm pool", || {
+            idle(&t.server.stats) == 2 && ports_connected_to(tunnel_port).len() == 3
+        })
+        .await;
+        let before = ports_connected_to(tunnel_port);
+        // Eight users held at once: the pool runs dry, doubles and dials.
+        let mut users = Vec::new();
+        for i in 0..8u32 {
+            users.push(echo_once(t.public, &pattern(100, i)).await);
+        }
+        assert!(ports_connected_to(tunnel_port).len() > 3, "the pool grew");
+        // Closed in the order they came: the first users' (the oldest) connections come
+        // back to the queue first.
+        let reused_before = reused(&t.server);
+        for (i, u) in users.into_iter().enumerate() {
+            drop(u);
+            wait_until("the connection back in the queue", || {
+                reused(&t.server) == reused_before + i + 1
+            })
+            .await;
+        }
+        wait_until("users closed", || t.server.stats.active() == 0).await;
+        wait_until("the pool back to min", || {
+            idle(&t.server.stats) == 2 && ports_connected_to(tunnel_port).len() == 3
+        })
+        .await;
+        assert_eq!(
+            ports_connected_to(tunnel_port),
+            before,
+            "the control connection and the pool connections from before the burst"
+        );
     });
 }
 

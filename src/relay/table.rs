@@ -98,9 +98,9 @@ impl Reservation {
         self.idle.pop().await
     }
 
-    /// Close up to `n` idle pool connections, oldest first (the device's `trim`).
+    /// Close up to `n` idle pool connections, the newest first (the device's `trim`).
     pub fn trim(&self, n: usize) {
-        self.idle.trim(n);
+        self.idle.trim(n, |idle| idle.id);
     }
 
     /// End the reservation and close every idle pool connection.

@@ -62,15 +62,42 @@ pub fn fd_budget(want: usize, per: usize, spare: usize) -> usize {
     want.min(soft.saturating_sub(spare) / per.max(1))
 }
 
+/// This machine's IPv4 TCP sockets (the lines of /proc/net/tcp, split into fields: sl,
+/// local_address, rem_address, st, tx_queue:rx_queue, tr:tm->when, ...) for which `pick` gives
+/// a value.
+fn tcp_sockets<T>(pick: impl Fn(&[&str]) -> Option<T>) -> Vec<T> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 5).then(|| pick(&f)).flatten()
+        })
+        .collect()
+}
+
+/// The local ports of this machine's established IPv4 TCP connections to port `remote`,
+/// sorted.
+pub fn ports_connected_to(remote: u16) -> Vec<u16> {
+    let rem = format!(":{remote:04X}");
+    let mut ports = tcp_sockets(|f| {
+        // st 01 is ESTABLISHED.
+        if f[2].ends_with(&rem) && f[3] == "01" {
+            u16::from_str_radix(f[1].rsplit_once(':')?.1, 16).ok()
+        } else {
+            None
+        }
+    });
+    ports.sort_unstable();
+    ports
+}
+
 /// The first of this machine's IPv4 TCP sockets (the lines of /proc/net/tcp, split into
 /// fields: sl, local_address, rem_address, st, tx_queue:rx_queue, tr:tm->when, ...) for which
 /// `pick` gives a value.
 fn tcp_socket<T>(pick: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 5).then(|| pick(&f)).flatten()
-    })
+    tcp_sockets(pick).into_iter().next()
 }
 
 /// Connections waiting in the accept queue of the IPv4 listener on `port` (the `rx_queue` of
