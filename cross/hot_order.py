@@ -4,7 +4,8 @@
 Usage: hot_order.py MAP OUT PROFILE...
 
 MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files of
-cross/native_trace.py (one symbol per line) in order of priority (idle runs first). callgrind names the code of a stripped executable by its address in the
+cross/native_trace.py (one symbol per line) in order of priority (idle runs first). Functions
+the native runs hit only after being told to stop (below `--stop--`) go last. callgrind names the code of a stripped executable by its address in the
 file's own layout, so every address is looked up in the map as it is; the symbols found are written to OUT in the
 order first seen, so the code an idle tunnel runs is laid out together, then the code of its
 connections.
@@ -45,17 +46,38 @@ def addresses(profile):
             yield int(m.group(1), 16)
 
 
+def native_runs(paths):
+    """The names of each `.names` file, split at `--stop--`: (running, exiting)."""
+    for path in paths:
+        names = open(path).read().split()
+        cut = names.index("--stop--") if "--stop--" in names else len(names)
+        yield names[:cut], names[cut + 1:]
+
+
 def main():
     map_path, out_path = sys.argv[1], sys.argv[2]
+    profiles = sys.argv[3:]
     syms, ranges = symbols(map_path)
     starts = [a for a, _ in syms]
+    # Code that natively ran only once the run was told to stop goes last, after the code of
+    # every running scenario: an idle tunnel never runs it.
+    running, exiting = set(), []
+    for run, exit_ in native_runs(p for p in profiles if p.endswith(".names")):
+        running.update(run)
+        exiting.extend(exit_)
+    exit_only = set(exiting) - running
     seen, order = set(), []
-    for profile in sys.argv[3:]:
+
+    def add(name):
+        if name not in seen and name not in exit_only:
+            seen.add(name)
+            order.append(name)
+
+    for profile in profiles:
         if profile.endswith(".names"):
-            for name in open(profile).read().split():
-                if name not in seen:
-                    seen.add(name)
-                    order.append(name)
+            for run, _ in native_runs([profile]):
+                for name in run:
+                    add(name)
             continue
         for addr in addresses(profile):
             # Code outside the executable's own (the vDSO, valgrind's) is not ours to order.
@@ -64,10 +86,11 @@ def main():
             i = bisect.bisect_right(starts, addr) - 1
             if i < 0:
                 continue
-            name = syms[i][1]
-            if name not in seen:
-                seen.add(name)
-                order.append(name)
+            add(syms[i][1])
+    for name in exiting:
+        if name in exit_only and name not in seen:
+            seen.add(name)
+            order.append(name)
     with open(out_path, "w") as f:
         f.write("\n".join(order) + "\n")
     print(f"{len(order)} symbols of {len(syms)} -> {out_path}")

@@ -7,7 +7,9 @@ VAES, VPCLMULQDQ, SHA extensions), so ring's assembly takes other paths there th
 machine itself. This puts a one-shot breakpoint on every function of the linker map, runs
 the binary as it is, and writes the name of each function hit, once, to HOT_OUT. Each
 breakpoint costs a stop only the first time, so the run is slow only while new code runs.
-Signal the binary itself (the child of gdb), not gdb, to end the run.
+Signal the binary itself (the child of gdb), not gdb, to end the run: the names of the
+functions first hit after that signal (SIGINT or SIGTERM) follow a line `--stop--`, so the
+code that runs only at exit can be laid out apart from the code of a running tunnel.
 """
 import os
 
@@ -49,7 +51,8 @@ def main():
         "set pagination off",
         "set confirm off",
         "set breakpoint always-inserted on",
-        "handle SIGINT SIGTERM SIGPIPE SIGCHLD nostop noprint pass",
+        "handle SIGPIPE SIGCHLD nostop noprint pass",
+        "handle SIGINT SIGTERM stop print pass",
         "starti",
     ):
         gdb.execute(cmd, to_string=True)
@@ -58,7 +61,15 @@ def main():
     for addr, name in symbols.items():
         by_pc[base + addr] = name
         gdb.Breakpoint("*" + hex(base + addr), internal=True, temporary=True)
-    order = []
+    order, stopping = [], []
+
+    def on_stop(event):
+        if isinstance(event, gdb.SignalEvent) and event.stop_signal in ("SIGINT", "SIGTERM"):
+            if not stopping:
+                stopping.append(True)
+                order.append("--stop--")
+
+    gdb.events.stop.connect(on_stop)
     while True:
         try:
             gdb.execute("continue", to_string=True)
