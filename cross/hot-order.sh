@@ -134,14 +134,18 @@ for i in range(n):
   wait "$vs" "$vc" || true
 }
 
-# Per scenario, what this CPU runs first, then what a CPU without its features would run.
-profiles=()
+# The server's code first, scenario by scenario, then the client's (its code shared with the
+# server is placed already): the whole plaintext server, idle or after a burst, then lies in
+# the fewest windows. Per scenario, what this CPU runs first, then what a CPU without its
+# features would run.
+server=() client=()
 for scenario in "idle 0 idle" "tcp 0 40" "burst 0 burst" "tls 1 40" "tlsburst 1 burst"; do
   set -- $scenario
   run gdb "$@"
   run cg "$@"
-  profiles+=("$work/$1-gdb-s.names" "$work/$1-gdb-c.names" "$work/$1-cg-s.cg" "$work/$1-cg-c.cg")
+  server+=("$work/$1-gdb-s.names" "$work/$1-cg-s.cg")
+  client+=("$work/$1-gdb-c.names" "$work/$1-cg-c.cg")
 done
-python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt "${profiles[@]}"
+python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt "${server[@]}" "${client[@]}"
 # Cargo does not track the list (a linker argument): make the next build link again.
 touch src/main.rs
