@@ -134,18 +134,23 @@ for i in range(n):
   wait "$vs" "$vc" || true
 }
 
-# The server's code first, scenario by scenario, then the client's (its code shared with the
-# server is placed already): the whole plaintext server, idle or after a burst, then lies in
-# the fewest windows. Per scenario, what this CPU runs first, then what a CPU without its
-# features would run.
-server=() client=()
+# Plaintext first, then TLS; within each, the server's runs, then the client's (code the
+# client shares with the server is placed already): all the plaintext code one role runs, idle
+# or in a burst, lies together, and TLS code does not split it. Per scenario, what this CPU
+# runs first, then what a CPU without its features would run.
 for scenario in "idle 0 idle" "tcp 0 40" "burst 0 burst" "tls 1 40" "tlsburst 1 burst"; do
   set -- $scenario
   run gdb "$@"
   run cg "$@"
-  server+=("$work/$1-gdb-s.names" "$work/$1-cg-s.cg")
-  client+=("$work/$1-gdb-c.names" "$work/$1-cg-c.cg")
 done
-python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt "${server[@]}" "${client[@]}"
+profiles=()
+for group in "idle tcp burst" "tls tlsburst"; do
+  for role in s c; do
+    for name in $group; do
+      profiles+=("$work/$name-gdb-$role.names" "$work/$name-cg-$role.cg")
+    done
+  done
+done
+python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt "${profiles[@]}"
 # Cargo does not track the list (a linker argument): make the next build link again.
 touch src/main.rs
