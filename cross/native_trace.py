@@ -12,25 +12,19 @@ functions first hit after that signal (SIGINT or SIGTERM) follow a line `--stop-
 code that runs only at exit can be laid out apart from the code of a running tunnel.
 """
 import os
+import sys
 
 import gdb  # noqa: F401 (provided by gdb)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hot_order import symbols  # noqa: E402 (the map parser, beside this file)
+
 
 def code_symbols(map_path):
-    """{address: name} of the map's code symbols (first name per address)."""
-    out, code = {}, False
-    for line in open(map_path, errors="replace"):
-        parts = line.split()
-        if len(parts) != 5:
-            continue
-        try:
-            addr = int(parts[0], 16)
-        except ValueError:
-            continue
-        if parts[4].startswith("."):  # an output section
-            code = parts[4].startswith(".text")
-        elif code and not parts[4].startswith(("<", "/", "(")):
-            out.setdefault(addr, parts[4])
+    """{address: name} of the map's code symbols (one name per address)."""
+    out = {}
+    for addr, name in symbols(map_path)[0]:
+        out.setdefault(addr, name)
     return out
 
 
