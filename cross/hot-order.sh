@@ -6,13 +6,14 @@
 # its 64 KiB fault-around windows, and all of those pages count as resident. Laid out
 # together, they touch a handful. The list is made by running the stripped release build,
 # a server and a client: idle with a session up first, then connections through them with
-# tls=0, a burst of 500 held at once, and connections with tls=1. Each run is made twice:
-# natively under gdb (cross/native_trace.py: the functions this CPU's feature checks pick,
-# such as ring's ADX and VAES assembly) and under callgrind (the functions a CPU without
-# those features runs); every function seen is looked up in the linker map.
+# tls=0, a burst of 500 held at once, connections with tls=1 and a burst with tls=1. Each
+# run is made twice: natively under gdb (cross/native_trace.py: the functions this CPU's
+# feature checks pick, such as ring's ADX and VAES assembly) and under callgrind (the
+# functions a CPU without those features runs); every function seen is looked up in the
+# linker map.
 #
-# Needs valgrind, gdb and python3. Run it after changes that move much code; symbols that no longer
-# exist are skipped by the linker, new ones land in the default order.
+# Needs valgrind, gdb and python3. Run it after changes that move much code; symbols that no
+# longer exist are skipped by the linker, new ones land in the default order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 4096 2>/dev/null || true  # the burst holds 1,000 sockets in each process

@@ -3,12 +3,13 @@
 
 Usage: hot_order.py MAP OUT PROFILE...
 
-MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files of
-cross/native_trace.py (one symbol per line) in order of priority (idle runs first). Functions
-the native runs hit only after being told to stop (below `--stop--`) go last. callgrind names the code of a stripped executable by its address in the
-file's own layout, so every address is looked up in the map as it is; the symbols found are written to OUT in the
+MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files
+of cross/native_trace.py (one symbol per line) in order of priority (idle runs first).
+callgrind names the code of a stripped executable by its address in the file's own layout, so
+every address is looked up in the map as it is. The symbols found are written to OUT in the
 order first seen, so the code an idle tunnel runs is laid out together, then the code of its
-connections.
+connections; functions the native runs hit only after being told to stop (below `--stop--`)
+go last.
 """
 import bisect
 import re
