@@ -47,12 +47,11 @@ def addresses(profile):
             yield int(m.group(1), 16)
 
 
-def native_runs(paths):
-    """The names of each `.names` file, split at `--stop--`: (running, exiting)."""
-    for path in paths:
-        names = open(path).read().split()
-        cut = names.index("--stop--") if "--stop--" in names else len(names)
-        yield names[:cut], names[cut + 1:]
+def native_run(path):
+    """The names of a `.names` file, split at `--stop--`: (running, exiting)."""
+    names = open(path).read().split()
+    cut = names.index("--stop--") if "--stop--" in names else len(names)
+    return names[:cut], names[cut + 1:]
 
 
 def main():
@@ -60,13 +59,11 @@ def main():
     profiles = sys.argv[3:]
     syms, ranges = symbols(map_path)
     starts = [a for a, _ in syms]
+    native = {p: native_run(p) for p in profiles if p.endswith(".names")}
     # Code that natively ran only once the run was told to stop goes last, after the code of
     # every running scenario: an idle tunnel never runs it.
-    running, exiting = set(), []
-    for run, exit_ in native_runs(p for p in profiles if p.endswith(".names")):
-        running.update(run)
-        exiting.extend(exit_)
-    exit_only = set(exiting) - running
+    running = {name for run, _ in native.values() for name in run}
+    exit_only = {name for _, exit_ in native.values() for name in exit_} - running
     seen, order = set(), []
 
     def add(name):
@@ -75,10 +72,9 @@ def main():
             order.append(name)
 
     for profile in profiles:
-        if profile.endswith(".names"):
-            for run, _ in native_runs([profile]):
-                for name in run:
-                    add(name)
+        if profile in native:
+            for name in native[profile][0]:
+                add(name)
             continue
         for addr in addresses(profile):
             # Code outside the executable's own (the vDSO, valgrind's) is not ours to order.
@@ -88,10 +84,11 @@ def main():
             if i < 0:
                 continue
             add(syms[i][1])
-    for name in exiting:
-        if name in exit_only and name not in seen:
-            seen.add(name)
-            order.append(name)
+    # Now the exit-only code, in the order the runs reached it.
+    exit_only.clear()
+    for _, exit_ in native.values():
+        for name in exit_:
+            add(name)
     with open(out_path, "w") as f:
         f.write("\n".join(order) + "\n")
     print(f"{len(order)} symbols of {len(syms)} -> {out_path}")

@@ -39,7 +39,7 @@ def load_base(binary):
 
 
 def main():
-    symbols = code_symbols(os.environ["HOT_MAP"])
+    functions = code_symbols(os.environ["HOT_MAP"])
     binary = os.path.realpath(gdb.current_progspace().filename)
     for cmd in (
         "set pagination off",
@@ -52,15 +52,14 @@ def main():
         gdb.execute(cmd, to_string=True)
     base = load_base(binary)
     by_pc = {}
-    for addr, name in symbols.items():
+    for addr, name in functions.items():
         by_pc[base + addr] = name
         gdb.Breakpoint("*" + hex(base + addr), internal=True, temporary=True)
-    order, stopping = [], []
+    order = []
 
     def on_stop(event):
         if isinstance(event, gdb.SignalEvent) and event.stop_signal in ("SIGINT", "SIGTERM"):
-            if not stopping:
-                stopping.append(True)
+            if "--stop--" not in order:
                 order.append("--stop--")
 
     gdb.events.stop.connect(on_stop)
