@@ -58,6 +58,7 @@ pub mod visit;
 use std::net::{SocketAddr, TcpListener};
 
 use smol::Async;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -354,26 +355,31 @@ async fn release(stats: Arc<Stats>, (arena, udp_arena): (Arc<Arena>, Option<Arc<
         if let Some(a) = &udp_arena {
             released += a.release_idle();
         }
-        idle.tick(stats.active(), released);
+        idle.tick(stats.active(), released, stats.pool_idle.load(Relaxed));
     }
 }
 
 /// When to trim the heap: once, on the first tick with nothing open after activity. Activity
-/// is a connection open at a tick, or buffers used since the last one: a burst that starts and
-/// ends between two ticks counts too.
+/// is a connection open at a tick, buffers used since the last one (a burst that starts and
+/// ends between two ticks counts too), or fewer idle pool connections than at the last tick:
+/// the pool shrinks back a tick or two after a burst, and what its connections held is only
+/// free after that.
 #[derive(Debug, Default)]
 struct IdleTrim {
     /// Something ran since the last trim.
     pending: bool,
+    /// Idle pool connections at the last tick.
+    pool_idle: usize,
 }
 
 impl IdleTrim {
-    /// One tick with `active` sessions open and `released` buffers given back; trims the
-    /// heap when it is time and says whether it did.
-    fn tick(&mut self, active: usize, released: usize) -> bool {
-        if active > 0 || released > 0 {
+    /// One tick with `active` sessions open, `released` buffers given back and `pool_idle`
+    /// idle pool connections; trims the heap when it is time and says whether it did.
+    fn tick(&mut self, active: usize, released: usize, pool_idle: usize) -> bool {
+        if active > 0 || released > 0 || pool_idle < self.pool_idle {
             self.pending = true;
         }
+        self.pool_idle = pool_idle;
         if active > 0 || !self.pending {
             return false;
         }
@@ -390,11 +396,22 @@ mod tests {
     #[test]
     fn trims_once_after_activity_even_between_ticks() {
         let mut t = IdleTrim::default();
-        assert!(!t.tick(0, 0), "nothing ran yet");
-        assert!(!t.tick(3, 2), "connections open");
-        assert!(t.tick(0, 0), "first idle tick after a burst");
-        assert!(!t.tick(0, 0), "once");
-        assert!(t.tick(0, 4), "a burst between two ticks");
-        assert!(!t.tick(0, 0));
+        assert!(!t.tick(0, 0, 0), "nothing ran yet");
+        assert!(!t.tick(3, 2, 0), "connections open");
+        assert!(t.tick(0, 0, 0), "first idle tick after a burst");
+        assert!(!t.tick(0, 0, 0), "once");
+        assert!(t.tick(0, 4, 0), "a burst between two ticks");
+        assert!(!t.tick(0, 0, 0));
+    }
+
+    #[test]
+    fn trims_again_when_the_pool_shrinks() {
+        let mut t = IdleTrim::default();
+        assert!(!t.tick(0, 0, 4), "a pool filled");
+        assert!(!t.tick(5, 0, 64), "a burst grew it");
+        assert!(t.tick(0, 0, 64), "first idle tick");
+        assert!(t.tick(0, 0, 4), "the pool shrank back");
+        assert!(!t.tick(0, 0, 4), "once");
+        assert!(!t.tick(0, 0, 8), "a pool growing frees nothing");
     }
 }
