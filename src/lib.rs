@@ -30,6 +30,7 @@ pub mod error;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
+pub mod heap;
 pub mod idle;
 pub mod lines;
 pub mod net;
@@ -384,7 +385,7 @@ impl IdleTrim {
             return false;
         }
         self.pending = false;
-        util::trim_heap();
+        heap::trim();
         true
     }
 }

@@ -13,6 +13,7 @@ use edgepass::shutdown::Shutdown;
 use smol::stream::StreamExt;
 
 fn main() -> ExitCode {
+    edgepass::heap::restart_without_thread_cache();
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let env = |k: &str| std::env::var(k).ok();
     let cfg = match cli::parse_args(args, &env) {

@@ -101,21 +101,6 @@ impl RateLimit {
     }
 }
 
-/// Hand free heap pages back to the kernel. glibc keeps freed memory below the top of the
-/// heap (and in per-thread arenas) until `malloc_trim`; musl's allocator returns it by itself.
-pub fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: malloc_trim takes no pointers and may be called at any time.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
