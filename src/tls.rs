@@ -204,10 +204,10 @@ fn server_config(
     Ok(Arc::new(c))
 }
 
-/// tls=1: a fresh ECDSA P-256 certificate, in memory only.
+/// tls=1: a fresh Ed25519 certificate, in memory only.
 fn self_signed() -> Result<(Arc<ServerConfig>, Fingerprint)> {
     let fail = |e: &dyn std::fmt::Display| Error::Tls(format!("self-signed certificate: {e}"));
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(&e))?;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| fail(&e))?;
     let params =
         rcgen::CertificateParams::new(vec!["edgepass".to_string()]).map_err(|e| fail(&e))?;
     let cert = params.self_signed(&kp).map_err(|e| fail(&e))?;
