@@ -10,7 +10,8 @@
 # run is made twice: natively under gdb (cross/native_trace.py: the functions this CPU's
 # feature checks pick, such as ring's ADX and VAES assembly) and under callgrind (the
 # functions a CPU without those features runs); every function seen is looked up in the
-# linker map.
+# linker map. All of it is done for the `cargo build` of the benchmarks and, when
+# cargo-zigbuild is installed, for the one of cross/build.sh, and the two lists merged.
 #
 # Needs valgrind, gdb and python3. Run it after changes that move much code; symbols that no
 # longer exist are skipped by the linker, new ones land in the default order.
@@ -21,12 +22,6 @@ T=x86_64-unknown-linux-musl
 work=${KEEP:-$(mktemp -d)}
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
-# The usual build (the flags of .cargo/config.toml for $T), and for the binary alone a linker
-# map with mangled names. Extra flags for the binary do not change symbol names, so the map
-# names the symbols of the usual build.
-touch src/main.rs
-cargo rustc --release --locked --target $T --bin edgepass -- \
-  -C link-arg=-Map="$work/map.txt" -C link-arg=--no-demangle
 bin=target/$T/release/edgepass
 
 # An echo target.
@@ -55,7 +50,7 @@ under() { # HOW OUT CMD...
   if [ "$how" = cg ]; then
     exec valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$@"
   else
-    exec env HOT_MAP="$work/map.txt" HOT_OUT="$out.names" \
+    exec env HOT_MAP="$map" HOT_OUT="$out.names" \
       gdb -q -batch -x cross/native_trace.py --args "$@"
   fi
 }
@@ -139,19 +134,46 @@ for i in range(n):
 # client shares with the server is placed already): all the plaintext code one role runs, idle
 # or in a burst, lies together, and TLS code does not split it. Per scenario, what this CPU
 # runs first, then what a CPU without its features would run.
-for scenario in "idle 0 idle" "tcp 0 40" "burst 0 burst" "tls 1 40" "tlsburst 1 burst"; do
-  set -- $scenario
-  run gdb "$@"
-  run cg "$@"
-done
-profiles=()
-for group in "idle tcp burst" "tls tlsburst"; do
-  for role in s c; do
-    for name in $group; do
-      profiles+=("$work/$name-gdb-$role.names" "$work/$name-cg-$role.cg")
+trace() { # OUT: every scenario on $bin, the list of what ran to OUT
+  local out=$1
+  for scenario in "idle 0 idle" "tcp 0 40" "burst 0 burst" "tls 1 40" "tlsburst 1 burst"; do
+    set -- $scenario
+    run gdb "$@"
+    run cg "$@"
+  done
+  local profiles=()
+  for group in "idle tcp burst" "tls tlsburst"; do
+    for role in s c; do
+      for name in $group; do
+        profiles+=("$work/$name-gdb-$role.names" "$work/$name-cg-$role.cg")
+      done
     done
   done
-done
-python3 cross/hot_order.py "$work/map.txt" cross/hot-symbols.txt "${profiles[@]}"
+  python3 cross/hot_order.py "$map" "$out" "${profiles[@]}"
+}
+
+# The usual build (the flags of .cargo/config.toml for $T), and for the binary alone a linker
+# map with mangled names. Extra flags for the binary do not change symbol names, so the map
+# names the symbols of the usual build.
+map=$work/map.txt
+touch src/main.rs
+cargo rustc --release --locked --target $T --bin edgepass -- \
+  -C link-arg=-Map="$map" -C link-arg=--no-demangle
+trace "$work/gcc.txt"
+
+# cross/build.sh builds the shipped binary with cargo-zigbuild, where zig's clang compiles
+# ring's C code and inlines it differently: the functions only that build has go beside the
+# ones they run with. (`--config` adds to the flags of .cargo/config.toml.)
+if command -v cargo-zigbuild >/dev/null 2>&1; then
+  map=$work/map-zig.txt
+  touch src/main.rs
+  cargo +stable zigbuild --release --locked --target $T --bin edgepass --config \
+    "target.$T.rustflags=[\"-C\", \"link-arg=-Map=$map\", \"-C\", \"link-arg=--no-demangle\"]"
+  trace "$work/zig.txt"
+  python3 cross/hot_order.py --merge "$work/gcc.txt" "$work/zig.txt" cross/hot-symbols.txt
+else
+  echo "hot-order: cargo-zigbuild not found (cross/setup.sh): the list covers the cargo build only" >&2
+  cp "$work/gcc.txt" cross/hot-symbols.txt
+fi
 # Cargo does not track the list (a linker argument): make the next build link again.
 touch src/main.rs

@@ -2,6 +2,8 @@
 """Turn callgrind profiles of a stripped static-pie build into lld's --symbol-ordering-file.
 
 Usage: hot_order.py MAP OUT PROFILE...
+       hot_order.py --merge BASE EXTRA OUT
+
 
 MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files
 of cross/native_trace.py (one symbol per line) in order of priority (idle runs first).
@@ -10,6 +12,11 @@ every address is looked up in the map as it is. The symbols found are written to
 order first seen, so the code an idle tunnel runs is laid out together, then the code of its
 connections; functions the native runs hit only after being told to stop (below `--stop--`)
 go last.
+
+`--merge` joins two such lists, made from builds whose C code two compilers built (gcc for
+`cargo build`, zig's clang for `cross/build.sh`): they inline differently, so each build runs
+functions the other does not have. Each name only EXTRA has goes right after the name before
+it in EXTRA that BASE has, so it lands beside the code it runs with in either build.
 """
 import bisect
 import re
@@ -54,7 +61,31 @@ def native_run(path):
     return names[:cut], names[cut + 1:]
 
 
+def merge(base, extra):
+    """`base` with the names only `extra` has, each after its predecessor in `extra`."""
+    known = set(base)
+    after = {}  # a name of base -> the names of extra that follow it
+    anchor = None
+    for name in extra:
+        if name in known:
+            anchor = name
+        elif name not in after.get(anchor, ()):
+            after.setdefault(anchor, []).append(name)
+    out = list(after.get(None, []))
+    for name in base:
+        out.append(name)
+        out.extend(after.get(name, []))
+    return out
+
+
 def main():
+    if sys.argv[1] == "--merge":
+        base, extra = (open(p).read().split() for p in sys.argv[2:4])
+        order = merge(base, extra)
+        with open(sys.argv[4], "w") as f:
+            f.write("\n".join(order) + "\n")
+        print(f"{len(order)} symbols ({len(order) - len(base)} from the second build) -> {sys.argv[4]}")
+        return
     map_path, out_path = sys.argv[1], sys.argv[2]
     profiles = sys.argv[3:]
     syms, ranges = symbols(map_path)
