@@ -530,28 +530,31 @@ fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
 
 /// One pool connection: dial, authenticate, wait idle for its opening line, then serve it.
 async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
-    let opened = async {
-        let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
-        match lines.next(&mut conn).await? {
-            Signal::Pooled { id } => Ok((conn, lines, id)),
-            Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),
-            _ => Err(Error::Proto(ProtoError::Unexpected("expected pooled"))),
-        }
-    }
-    .or(async {
-        pool.end.wait().await;
-        Err(Error::Shutdown)
-    })
-    .await;
-    pool.dialing.fetch_sub(1, Relaxed);
-    let (conn, lines, id) = match opened {
-        Ok(x) => x,
-        Err(Error::Shutdown) => return,
-        Err(e) => {
-            if inner.warn.allow() {
-                log::warn!("client: pool connection failed: {e}");
+    // In a block, so the result's slot is free again while the connection is watched.
+    let (conn, lines, id) = {
+        let opened = async {
+            let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
+            match lines.next(&mut conn).await? {
+                Signal::Pooled { id } => Ok((conn, lines, id)),
+                Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),
+                _ => Err(Error::Proto(ProtoError::Unexpected("expected pooled"))),
             }
-            return;
+        }
+        .or(async {
+            pool.end.wait().await;
+            Err(Error::Shutdown)
+        })
+        .await;
+        pool.dialing.fetch_sub(1, Relaxed);
+        match opened {
+            Ok(x) => x,
+            Err(Error::Shutdown) => return,
+            Err(e) => {
+                if inner.warn.allow() {
+                    log::warn!("client: pool connection failed: {e}");
+                }
+                return;
+            }
         }
     };
     // Forward flow: this side takes pool connections for its own users.
@@ -609,68 +612,75 @@ pub(crate) enum PoolEvent {
 /// connection idle again for the next line. `on` hears each [`PoolEvent`]: `Taken` once per
 /// wait, whatever ended it. Used by the client in reverse flow and by the server in forward
 /// flow.
-pub(crate) async fn watch(
-    inner: &Arc<Inner>,
+///
+/// A plain `fn` returning an `async move` block: an `async fn` keeps a second copy of its
+/// arguments in the future (they are moved into locals), which made every pool connection's
+/// task 340 B bigger.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(crate) fn watch<'a>(
+    inner: &'a Arc<Inner>,
     mut conn: Conn,
     mut lines: LineReader,
     id: u32,
-    end: &Shutdown,
+    end: &'a Shutdown,
     (tcp, udp_on): (bool, bool),
-    mut on: impl FnMut(PoolEvent),
-) {
-    loop {
-        let first = async { Some(lines.next(&mut conn).await) }
-            .or(async {
-                end.wait().await;
-                None
-            })
-            .await;
-        let (udp, peer, reuse) = match first {
-            Some(Ok(Signal::Tcp {
-                id: got,
-                peer,
-                reuse,
-            })) if got == id => (false, peer, reuse),
-            Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer, false),
-            None => return on(PoolEvent::Taken { reuse: false }),
-            Some(Ok(other)) => {
-                log::warn!("pool connection {id}: unexpected {other:?}, closed");
-                return on(PoolEvent::Taken { reuse: false });
+    mut on: impl FnMut(PoolEvent) + 'a,
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        loop {
+            let first = async { Some(lines.next(&mut conn).await) }
+                .or(async {
+                    end.wait().await;
+                    None
+                })
+                .await;
+            let (udp, peer, reuse) = match first {
+                Some(Ok(Signal::Tcp {
+                    id: got,
+                    peer,
+                    reuse,
+                })) if got == id => (false, peer, reuse),
+                Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer, false),
+                None => return on(PoolEvent::Taken { reuse: false }),
+                Some(Ok(other)) => {
+                    log::warn!("pool connection {id}: unexpected {other:?}, closed");
+                    return on(PoolEvent::Taken { reuse: false });
+                }
+                Some(Err(e)) => {
+                    log::debug!("idle pool connection {id} closed: {e}");
+                    return on(PoolEvent::Taken { reuse: false });
+                }
+            };
+            on(PoolEvent::Taken { reuse });
+            if (udp && !udp_on) || (!udp && !tcp) {
+                let what = if udp { "UDP" } else { "TCP" };
+                inner.stats.refused.fetch_add(1, Relaxed);
+                if inner.warn.allow() {
+                    log::warn!("{what} user {peer} refused: {what} is off on this tunnel");
+                }
+                if reuse {
+                    on(PoolEvent::Lost);
+                }
+                return;
             }
-            Some(Err(e)) => {
-                log::debug!("idle pool connection {id} closed: {e}");
-                return on(PoolEvent::Taken { reuse: false });
+            #[cfg(feature = "udp")]
+            if udp {
+                crate::udp::serve_client(inner, conn, lines.leftover(), id, peer).await;
+                return;
             }
-        };
-        on(PoolEvent::Taken { reuse });
-        if (udp && !udp_on) || (!udp && !tcp) {
-            let what = if udp { "UDP" } else { "TCP" };
-            inner.stats.refused.fetch_add(1, Relaxed);
-            if inner.warn.allow() {
-                log::warn!("{what} user {peer} refused: {what} is off on this tunnel");
+            log::debug!("user {peer} on pool connection {id}");
+            if !reuse {
+                serve_tcp(inner, conn, lines.leftover(), peer).await;
+                return;
             }
-            if reuse {
-                on(PoolEvent::Lost);
+            if !serve_chunked(inner, &mut conn, lines.leftover(), peer).await {
+                return on(PoolEvent::Lost);
             }
-            return;
+            // Those bytes were the first chunks: the next line starts after them.
+            lines.discard_leftover();
+            log::debug!("pool connection {id} idle again");
+            on(PoolEvent::Back);
         }
-        #[cfg(feature = "udp")]
-        if udp {
-            crate::udp::serve_client(inner, conn, lines.leftover(), id, peer).await;
-            return;
-        }
-        log::debug!("user {peer} on pool connection {id}");
-        if !reuse {
-            serve_tcp(inner, conn, lines.leftover(), peer).await;
-            return;
-        }
-        if !serve_chunked(inner, &mut conn, lines.leftover(), peer).await {
-            return on(PoolEvent::Lost);
-        }
-        // Those bytes were the first chunks: the next line starts after them.
-        lines.discard_leftover();
-        log::debug!("pool connection {id} idle again");
-        on(PoolEvent::Back);
     }
 }
 
