@@ -4,7 +4,6 @@
 Usage: hot_order.py MAP OUT PROFILE...
        hot_order.py --merge BASE EXTRA OUT
 
-
 MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files
 of cross/native_trace.py (one symbol per line) in order of priority (idle runs first).
 callgrind names the code of a stripped executable by its address in the file's own layout, so
@@ -66,10 +65,10 @@ def merge(base, extra):
     known = set(base)
     after = {}  # a name of base -> the names of extra that follow it
     anchor = None
-    for name in extra:
+    for name in extra:  # each name once: the lists hot_order.py writes have no repeats
         if name in known:
             anchor = name
-        elif name not in after.get(anchor, ()):
+        else:
             after.setdefault(anchor, []).append(name)
     out = list(after.get(None, []))
     for name in base:
