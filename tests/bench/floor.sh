@@ -1,0 +1,20 @@
+# desc: the floor: two minimal C relay processes in a row (tests/bench/floor/relay.c), no protocol
+# The shape of a tunnel's server and client (PUBLIC -> TUNNEL -> TARGET, one epoll loop each,
+# a connection dialed per user) with nothing else: what this machine allows any tunnel with two
+# processes in the path. Built with gcc into FLOOR_DIR (default: a directory under /tmp).
+TB_CAPS="tcp"
+FLOOR_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/floor/relay.c"
+FLOOR_DIR=${FLOOR_DIR:-${TMPDIR:-/tmp}/edgepass-bench-floor}
+FLOOR_BIN="$FLOOR_DIR/relay"
+tb_available() {
+  command -v gcc >/dev/null || { echo "gcc not found"; return 1; }
+  mkdir -p "$FLOOR_DIR" && gcc -O2 -o "$FLOOR_BIN" "$FLOOR_SRC" || { echo "relay.c did not build"; return 1; }
+}
+tb_version() { echo "floor relay (gcc -O2)"; }
+tb_binaries() { echo "$FLOOR_BIN"; }
+tb_start() { # PROTO TARGET PUBLIC TUNNEL
+  local tgt=$2 pub=$3 tun=$4
+  tb_spawn client "$FLOOR_BIN" "$tun" "$tgt"
+  tb_wait_listen "$tun" 10 || return 1
+  tb_spawn server "$FLOOR_BIN" "$pub" "$tun"
+}

@@ -1,0 +1,176 @@
+/*
+ * The least a relay process can do: one epoll loop, a TCP connection to DEST for every
+ * accepted connection, bytes copied both ways, a half-close passed on. No protocol, no
+ * authentication, no pool, no timers. Two of these in a row (tests/bench/floor.sh) are the
+ * shape of a tunnel's server and client, so their rate is what this machine allows any
+ * tunnel with two processes in the path. A measurement reference, not part of edgepass.
+ *
+ *   relay LISTEN_PORT DEST_PORT        (both on 127.0.0.1)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define BUF 16384
+#define MAX_FD 65536
+
+/* One direction: bytes read from `from`, not yet written to `to`. */
+struct dir {
+    int from, to;
+    int off, len;
+    int eof;
+    char buf[BUF];
+};
+
+/* One accepted connection and its dialed peer; `fd_pair[fd]` finds it. */
+struct pair {
+    int a, b;
+    int connecting;
+    unsigned want_a, want_b; /* epoll interest registered now */
+    struct dir up, down;     /* a -> b, b -> a */
+};
+
+static struct pair *fd_pair[MAX_FD];
+static int ep;
+
+static void interest(int fd, unsigned *now, unsigned want) {
+    if (*now == want) return;
+    struct epoll_event ev = {.events = want, .data.fd = fd};
+    /* Out of the set while it waits for nothing, so a hang-up is not reported again and again. */
+    epoll_ctl(ep, !want ? EPOLL_CTL_DEL : *now ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
+    *now = want;
+}
+
+static void close_pair(struct pair *p) {
+    fd_pair[p->a] = fd_pair[p->b] = NULL;
+    close(p->a);
+    close(p->b);
+    free(p);
+}
+
+/* Moves what it can in one direction; returns -1 on an error. */
+static int pump(struct dir *d) {
+    if (d->len == d->off && !d->eof) {
+        ssize_t n = read(d->from, d->buf, BUF);
+        if (n > 0) {
+            d->off = 0;
+            d->len = (int)n;
+        } else if (n == 0) {
+            d->eof = 1;
+            shutdown(d->to, SHUT_WR);
+        } else if (errno != EAGAIN) {
+            return -1;
+        }
+    }
+    while (d->off < d->len) {
+        ssize_t n = write(d->to, d->buf + d->off, d->len - d->off);
+        if (n < 0) return errno == EAGAIN ? 0 : -1;
+        d->off += (int)n;
+    }
+    return 0;
+}
+
+/* Registers what each side waits for, from the state of both directions. */
+static void rearm(struct pair *p) {
+    unsigned wa = 0, wb = 0;
+    if (p->connecting) {
+        wb = EPOLLOUT;
+    } else {
+        if (p->up.off == p->up.len && !p->up.eof) wa |= EPOLLIN;
+        if (p->up.off < p->up.len) wb |= EPOLLOUT;
+        if (p->down.off == p->down.len && !p->down.eof) wb |= EPOLLIN;
+        if (p->down.off < p->down.len) wa |= EPOLLOUT;
+    }
+    interest(p->a, &p->want_a, wa);
+    interest(p->b, &p->want_b, wb);
+}
+
+static int tcp_socket(void) {
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: relay LISTEN_PORT DEST_PORT\n");
+        return 2;
+    }
+    struct sockaddr_in lis = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1])),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in dst = lis;
+    dst.sin_port = htons(atoi(argv[2]));
+    int one = 1, l = tcp_socket();
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (l < 0 || bind(l, (struct sockaddr *)&lis, sizeof lis) || listen(l, 4096)) {
+        perror("listen");
+        return 1;
+    }
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l}, evs[64];
+    epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
+    for (;;) {
+        int n = epoll_wait(ep, evs, 64, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == l) {
+                int a;
+                while ((a = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+                    int b = tcp_socket();
+                    if (a >= MAX_FD || b < 0 || b >= MAX_FD) {
+                        close(a);
+                        if (b >= 0) close(b);
+                        continue;
+                    }
+                    setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    struct pair *p = calloc(1, sizeof *p);
+                    p->a = a;
+                    p->b = b;
+                    p->up.from = p->down.to = a;
+                    p->up.to = p->down.from = b;
+                    fd_pair[a] = fd_pair[b] = p;
+                    if (connect(b, (struct sockaddr *)&dst, sizeof dst) && errno != EINPROGRESS) {
+                        close_pair(p);
+                        continue;
+                    }
+                    /* On loopback the handshake is usually done by now, EINPROGRESS or not. */
+                    struct sockaddr_in peer;
+                    socklen_t plen = sizeof peer;
+                    p->connecting = getpeername(b, (struct sockaddr *)&peer, &plen) != 0;
+                    if (!p->connecting && (pump(&p->up) || pump(&p->down))) {
+                        close_pair(p);
+                        continue;
+                    }
+                    rearm(p);
+                }
+                continue;
+            }
+            struct pair *p = fd_pair[fd];
+            if (!p) continue;
+            if (p->connecting) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(p->b, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                    close_pair(p);
+                    continue;
+                }
+                p->connecting = 0;
+            }
+            if (pump(&p->up) || pump(&p->down) ||
+                (p->up.eof && p->down.eof && p->up.off == p->up.len &&
+                 p->down.off == p->down.len)) {
+                close_pair(p);
+                continue;
+            }
+            rearm(p);
+        }
+    }
+}
