@@ -141,11 +141,20 @@ trace() { # OUT: every scenario on $bin, the list of what ran to OUT
     run gdb "$@"
     run cg "$@"
   done
-  local profiles=()
+  # A block per role and group: the code of its bursts goes in the middle of the code of its
+  # first scenario (idle, or the first tls=1 connections with the pool's handshakes), where it
+  # can share no 64 KiB window that scenario leaves untouched (hot_order.py).
+  local profiles=() kind
   for group in "idle tcp burst" "tls tlsburst"; do
     for role in s c; do
+      profiles+=(--block)
       for name in $group; do
-        profiles+=("$work/$name-gdb-$role.names" "$work/$name-cg-$role.cg")
+        case $name in
+          idle|tls) kind=idle: ;;
+          *burst) kind=burst: ;;
+          *) kind= ;;
+        esac
+        profiles+=("$kind$work/$name-gdb-$role.names" "$kind$work/$name-cg-$role.cg")
       done
     done
   done

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turn callgrind profiles of a stripped static-pie build into lld's --symbol-ordering-file.
 
-Usage: hot_order.py MAP OUT PROFILE...
+Usage: hot_order.py MAP OUT [--block] [idle:|burst:]PROFILE...
        hot_order.py --merge BASE EXTRA OUT
 
 MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files
@@ -11,6 +11,13 @@ every address is looked up in the map as it is. The symbols found are written to
 order first seen, so the code an idle tunnel runs is laid out together, then the code of its
 connections; functions the native runs hit only after being told to stop (below `--stop--`)
 go last.
+
+`--block` starts a block (one role's runs of one group of scenarios). In a block, the code
+first seen in a `burst:` profile goes in the middle of the code first seen in its `idle:`
+profiles, not after everything: then every 64 KiB window that burst code shares holds idle
+code too (it is shorter than a window and has idle code on both sides), so a burst faults in
+no window the idle process had not. At the end of a block it may straddle a window boundary
+past the last idle code, and the burst would fault that window in.
 
 `--merge` joins two such lists, made from builds whose C code two compilers built (gcc for
 `cargo build`, zig's clang for `cross/build.sh`): they inline differently, so each build runs
@@ -60,6 +67,12 @@ def native_run(path):
     return names[:cut], names[cut + 1:]
 
 
+def split_kind(arg):
+    """`idle:PATH` -> ("idle", PATH), `burst:PATH` -> ("burst", PATH), PATH -> ("", PATH)."""
+    kind, sep, path = arg.partition(":")
+    return (kind, path) if sep and kind in ("idle", "burst") else ("", arg)
+
+
 def merge(base, extra):
     """`base` with the names only `extra` has, each after its predecessor in `extra`."""
     known = set(base)
@@ -89,22 +102,35 @@ def main():
     profiles = sys.argv[3:]
     syms, ranges = symbols(map_path)
     starts = [a for a, _ in syms]
-    native = {p: native_run(p) for p in profiles if p.endswith(".names")}
+    paths = [split_kind(a)[1] for a in profiles if a != "--block"]
+    native = {p: native_run(p) for p in paths if p.endswith(".names")}
     # Code that natively ran only once the run was told to stop goes last, after the code of
     # every running scenario: an idle tunnel never runs it.
     running = {name for run, _ in native.values() for name in run}
     exit_only = {name for _, exit_ in native.values() for name in exit_} - running
     seen, order = set(), []
+    idle, rest, burst = [], [], []  # the current block's code, by the kind of profile
 
-    def add(name):
+    def end_block():
+        half = len(idle) // 2
+        order.extend(idle[:half] + burst + idle[half:] + rest)
+        for part in (idle, rest, burst):
+            part.clear()
+
+    def add(name, into):
         if name not in seen and name not in exit_only:
             seen.add(name)
-            order.append(name)
+            into.append(name)
 
-    for profile in profiles:
+    for arg in profiles:
+        if arg == "--block":
+            end_block()
+            continue
+        kind, profile = split_kind(arg)
+        into = {"idle": idle, "burst": burst}.get(kind, rest)
         if profile in native:
             for name in native[profile][0]:
-                add(name)
+                add(name, into)
             continue
         for addr in addresses(profile):
             # Code outside the executable's own (the vDSO, valgrind's) is not ours to order.
@@ -113,12 +139,14 @@ def main():
             i = bisect.bisect_right(starts, addr) - 1
             if i < 0:
                 continue
-            add(syms[i][1])
+            add(syms[i][1], into)
+    end_block()
     # Now the exit-only code, in the order the runs reached it.
-    exit_only.clear()
     for _, exit_ in native.values():
         for name in exit_:
-            add(name)
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
     with open(out_path, "w") as f:
         f.write("\n".join(order) + "\n")
     print(f"{len(order)} symbols of {len(syms)} -> {out_path}")
