@@ -20,6 +20,9 @@ case " ${targets[*]} " in *" x86_64-unknown-linux-musl "*) ;; *) targets=(x86_64
 MIPSEL_FULL_MAX=1572864
 MIPSEL_MINIMAL_MAX=1048576
 
+step "hot-code list tools (cross/test_hot_order.py)"
+python3 cross/test_hot_order.py
+
 step "setup"
 cross/setup.sh
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/edgepass-cross/venv"
