@@ -1,7 +1,7 @@
 # desc: the floor: two minimal C relay processes in a row (tests/bench/floor/relay.c), no protocol
 # The shape of a tunnel's server and client (PUBLIC -> TUNNEL -> TARGET, one epoll loop each,
-# a connection dialed per user) with nothing else: what this machine allows any tunnel with two
-# processes in the path. Built with gcc into FLOOR_DIR (default: a directory under /tmp).
+# a connection dialed per user) with nothing else: what this machine allows a tunnel that moves
+# bytes through two user-space processes. Built with gcc into FLOOR_DIR (default: a directory under /tmp).
 TB_CAPS="tcp"
 FLOOR_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/floor/relay.c"
 FLOOR_DIR=${FLOOR_DIR:-${TMPDIR:-/tmp}/edgepass-bench-floor}

@@ -2,8 +2,9 @@
  * The least a relay process can do: one epoll loop, a TCP connection to DEST for every
  * accepted connection, bytes copied both ways, a half-close passed on. No protocol, no
  * authentication, no pool, no timers. Two of these in a row (tests/bench/floor.sh) are the
- * shape of a tunnel's server and client, so their rate is what this machine allows any
- * tunnel with two processes in the path. A measurement reference, not part of edgepass.
+ * shape of a tunnel's server and client, so their rate is what this machine allows a
+ * tunnel that moves bytes through two user-space processes. A measurement reference, not
+ * part of edgepass.
  *
  *   relay LISTEN_PORT DEST_PORT        (both on 127.0.0.1)
  */
