@@ -372,8 +372,9 @@ pub(crate) async fn run_pool<H: Handler>(
         (false, true) => "UDP",
         (false, false) => "nothing",
     };
+    let cipher = conn.cipher().map(|c| format!(", {c}")).unwrap_or_default();
     log::info!(
-        "client: session up with {} (pool {min}..{max}, forwarding {proto}, tls={mode})",
+        "client: session up with {} (pool {min}..{max}, forwarding {proto}, tls={mode}{cipher})",
         inner.cfg.tunnel
     );
     let pool = Arc::new(Pool {

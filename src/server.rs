@@ -504,11 +504,12 @@ async fn control_conn(inner: Arc<Inner>, mut conn: Conn, lines: LineReader, peer
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .replace(sess.clone());
+    let cipher = conn.cipher().map(|c| format!(" ({c})")).unwrap_or_default();
     if let Some(old) = old {
-        log::info!("tunnel: client {peer} authenticated, replacing the previous session");
+        log::info!("tunnel: client {peer} authenticated{cipher}, replacing the previous session");
         old.close();
     } else {
-        log::info!("tunnel: client {peer} authenticated, session up");
+        log::info!("tunnel: client {peer} authenticated{cipher}, session up");
     }
     inner.stats.pool_size.store(inner.cfg.max, Relaxed);
     let ctl = Control::new(

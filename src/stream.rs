@@ -61,6 +61,22 @@ impl Conn {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Conn::Plain(_))
     }
+
+    /// The TLS cipher suite this connection negotiated, for log lines (`None` for plain TCP).
+    pub fn cipher(&self) -> Option<&'static str> {
+        match self {
+            Conn::Plain(_) => None,
+            #[cfg(feature = "tls")]
+            Conn::TlsClient(s) => suite_name(s.get_ref().1.negotiated_cipher_suite()),
+            #[cfg(feature = "tls")]
+            Conn::TlsServer(s) => suite_name(s.get_ref().1.negotiated_cipher_suite()),
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+fn suite_name(suite: Option<rustls::SupportedCipherSuite>) -> Option<&'static str> {
+    suite.map(crate::tls::suites::name)
 }
 
 macro_rules! delegate {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edgepass::config::{self, Config};
+use edgepass::tls::suites;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, Timer};
 use tls_support::*;
@@ -60,10 +61,29 @@ fn tls1_echo_1mib_client_learns_the_mode() {
         assert!(round_trip(t.public, &data).await == data, "1 MiB echo");
         let addr = t.server.tunnel.unwrap().to_string();
         assert!(logged(&["uses tls=1", &addr]), "client learned the mode");
-        assert!(logged(&["session up with", &addr, "tls=1"]));
+        // The suite the client lists first for this CPU (tls::suites) is the one in use.
+        let first = suites::order(suites::aes_hardware())[0];
+        let want = format!("tls=1, {})", suites::name(first));
+        assert!(logged(&["session up with", &addr, &want]), "{want}");
         // The tunnel port speaks TLS 1.3 from the first byte.
         let (v, _) = probe(t.server.tunnel.unwrap()).await;
         assert_eq!(v, rustls::ProtocolVersion::TLSv1_3);
+    });
+}
+
+#[test]
+fn the_server_takes_the_cipher_suite_the_client_lists_first() {
+    capture_logs();
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let t = tls_tunnel(target, "?tls=1", "").await;
+        // A router without AES instructions asks for ChaCha20-Poly1305 first; a server whose
+        // own CPU prefers AES-GCM must still give it ChaCha20, and the other way round.
+        for aes in [false, true] {
+            let order = suites::order(aes);
+            let got = suite_for(t.server.tunnel.unwrap(), order.clone()).await;
+            assert_eq!(got, order[0].suite(), "aes={aes}");
+        }
     });
 }
 

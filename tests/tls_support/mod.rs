@@ -203,7 +203,11 @@ impl ServerCertVerifier for AnyCert {
 
 /// A client that accepts any certificate, every protocol version the build has.
 pub fn any_cert_client() -> TlsConnector {
-    let p = provider();
+    any_cert_client_with(provider())
+}
+
+/// [`any_cert_client`] with the cipher suites of `p`, in its order.
+fn any_cert_client_with(p: Arc<rustls::crypto::CryptoProvider>) -> TlsConnector {
     let algs = p.signature_verification_algorithms;
     let c = ClientConfig::builder_with_provider(p)
         .with_safe_default_protocol_versions()
@@ -224,6 +228,24 @@ pub async fn probe(addr: SocketAddr) -> (ProtocolVersion, [u8; 32]) {
     let v = c.protocol_version().unwrap();
     let fp = sha256(c.peer_certificates().unwrap()[0].as_ref());
     (v, fp)
+}
+
+/// The cipher suite `addr` picks for a client that offers `suites` in that order.
+pub async fn suite_for(
+    addr: SocketAddr,
+    suites: Vec<rustls::SupportedCipherSuite>,
+) -> rustls::CipherSuite {
+    let p = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        ..rustls::crypto::ring::default_provider()
+    };
+    let tcp = Async::<TcpStream>::connect(addr).await.unwrap();
+    let name = ServerName::try_from("probe.test").unwrap();
+    let s = any_cert_client_with(Arc::new(p))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.get_ref().1.negotiated_cipher_suite().unwrap().suite()
 }
 
 /// A TLS server config with a fresh self-signed certificate.
