@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 ulimit -n 4096 2>/dev/null || true  # the burst holds 1,000 sockets in each process
 T=x86_64-unknown-linux-musl
 work=${KEEP:-$(mktemp -d)}
+mkdir -p "$work"
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 bin=target/$T/release/edgepass

@@ -12,12 +12,14 @@ order first seen, so the code an idle tunnel runs is laid out together, then the
 connections; functions the native runs hit only after being told to stop (below `--stop--`)
 go last.
 
-`--block` starts a block (one role's runs of one group of scenarios). In a block, the code
-first seen in a `burst:` profile goes in the middle of the code first seen in its `idle:`
-profiles, not after everything: then every 64 KiB window that burst code shares holds idle
-code too (it is shorter than a window and has idle code on both sides), so a burst faults in
-no window the idle process had not. At the end of a block it may straddle a window boundary
-past the last idle code, and the burst would fault that window in.
+`--block` starts a block (one role's runs of one group of scenarios). In a block, the native
+runs are read first: the code first seen in a `burst:` one goes in the middle of the code
+first seen in its `idle:` ones, not after everything: then every 64 KiB window that burst code
+shares holds idle code too (it is shorter than a window and has idle code on both sides), so a
+burst faults in no window the idle process had not. At the end of a block it may straddle a
+window boundary past the last idle code, and the burst would fault that window in. Then the
+rest of the native runs, and last what only callgrind saw: fallbacks for CPUs without this
+one's features, and code its runs reached while stopping (callgrind has no stop mark).
 
 `--merge` joins two such lists, made from builds whose C code two compilers built (gcc for
 `cargo build`, zig's clang for `cross/build.sh`): they inline differently, so each build runs
@@ -109,37 +111,48 @@ def main():
     running = {name for run, _ in native.values() for name in run}
     exit_only = {name for _, exit_ in native.values() for name in exit_} - running
     seen, order = set(), []
-    idle, rest, burst = [], [], []  # the current block's code, by the kind of profile
+    block = []  # (kind, profile) of the current block
 
-    def end_block():
-        half = len(idle) // 2
-        order.extend(idle[:half] + burst + idle[half:] + rest)
-        for part in (idle, rest, burst):
-            part.clear()
-
-    def add(name, into):
-        if name not in seen and name not in exit_only:
-            seen.add(name)
-            into.append(name)
-
-    for arg in profiles:
-        if arg == "--block":
-            end_block()
-            continue
-        kind, profile = split_kind(arg)
-        into = {"idle": idle, "burst": burst}.get(kind, rest)
+    def names_of(profile):
+        """The names a profile ran, in order: a native run's before its stop, or callgrind's
+        addresses looked up in the map."""
         if profile in native:
-            for name in native[profile][0]:
-                add(name, into)
-            continue
+            yield from native[profile][0]
+            return
         for addr in addresses(profile):
             # Code outside the executable's own (the vDSO, valgrind's) is not ours to order.
             if not any(lo <= addr < hi for lo, hi in ranges):
                 continue
             i = bisect.bisect_right(starts, addr) - 1
-            if i < 0:
-                continue
-            add(syms[i][1], into)
+            if i >= 0:
+                yield syms[i][1]
+
+    def end_block():
+        # Native runs first: they say what this CPU runs idle and in bursts. Then callgrind's,
+        # whose new names are the fallbacks of CPUs without this one's features, and code its
+        # runs reached while stopping (they have no stop mark): cold here, so after.
+        parts = {}
+        for is_native in (True, False):
+            for kind, profile in block:
+                if (profile in native) != is_native:
+                    continue
+                part = parts.setdefault((kind, is_native), [])
+                for name in names_of(profile):
+                    if name not in seen and name not in exit_only:
+                        seen.add(name)
+                        part.append(name)
+        idle = parts.get(("idle", True), [])
+        half = len(idle) // 2
+        order.extend(idle[:half] + parts.get(("burst", True), []) + idle[half:])
+        for key in (("", True), ("idle", False), ("", False), ("burst", False)):
+            order.extend(parts.get(key, []))
+        block.clear()
+
+    for arg in profiles:
+        if arg == "--block":
+            end_block()
+        else:
+            block.append(split_kind(arg))
     end_block()
     # Now the exit-only code, in the order the runs reached it.
     for _, exit_ in native.values():

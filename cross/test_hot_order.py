@@ -59,6 +59,15 @@ class HotOrder(unittest.TestCase):
         got = self.order("--block", f"idle:{idle}", conns, f"burst:{burst}")
         self.assertEqual(got, ["f0", "f1", "f5", "f6", "f2", "f3", "f4"])
 
+    def test_native_runs_decide_and_callgrind_only_code_goes_after(self):
+        idle = self.names("idle.names", "f0", "f1", "f2", "f3")
+        # Under callgrind: f8, a fallback this CPU never runs, and f5, which that run reached
+        # while stopping (callgrind has no stop mark) but which natively only a burst runs.
+        idle_cg = self.file("idle.cg", "fn=(1) 0x1800\nfn=(2) 0x1500\n")
+        burst = self.names("burst.names", "f5", "f6")
+        got = self.order("--block", f"idle:{idle}", f"idle:{idle_cg}", f"burst:{burst}")
+        self.assertEqual(got, ["f0", "f1", "f5", "f6", "f2", "f3", "f8"])
+
     def test_each_block_keeps_its_own_code_and_names_come_once(self):
         s_idle = self.names("s-idle.names", "f0", "f1")
         s_burst = self.names("s-burst.names", "f2")
