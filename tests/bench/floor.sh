@@ -8,6 +8,7 @@ FLOOR_DIR=${FLOOR_DIR:-${TMPDIR:-/tmp}/edgepass-bench-floor}
 FLOOR_BIN="$FLOOR_DIR/relay"
 tb_available() {
   command -v gcc >/dev/null || { echo "gcc not found"; return 1; }
+  [ "$FLOOR_BIN" -nt "$FLOOR_SRC" ] && return 0  # built already, from this source
   mkdir -p "$FLOOR_DIR" && gcc -O2 -o "$FLOOR_BIN" "$FLOOR_SRC" || { echo "relay.c did not build"; return 1; }
 }
 tb_version() { echo "floor relay (gcc -O2)"; }

@@ -221,9 +221,7 @@ fn any_cert_client_with(p: Arc<rustls::crypto::CryptoProvider>) -> TlsConnector 
 /// TLS-connect to `addr` with [`any_cert_client`]: the negotiated version and the leaf's
 /// fingerprint.
 pub async fn probe(addr: SocketAddr) -> (ProtocolVersion, [u8; 32]) {
-    let tcp = Async::<TcpStream>::connect(addr).await.unwrap();
-    let name = ServerName::try_from("probe.test").unwrap();
-    let s = any_cert_client().connect(name, tcp).await.unwrap();
+    let s = handshake(addr, any_cert_client()).await;
     let c = s.get_ref().1;
     let v = c.protocol_version().unwrap();
     let fp = sha256(c.peer_certificates().unwrap()[0].as_ref());
@@ -239,13 +237,18 @@ pub async fn suite_for(
         cipher_suites: suites,
         ..rustls::crypto::ring::default_provider()
     };
+    let s = handshake(addr, any_cert_client_with(Arc::new(p))).await;
+    s.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+/// A TLS handshake with `addr` through `client`, under the name `probe.test`.
+async fn handshake(
+    addr: SocketAddr,
+    client: TlsConnector,
+) -> futures_rustls::client::TlsStream<Async<TcpStream>> {
     let tcp = Async::<TcpStream>::connect(addr).await.unwrap();
     let name = ServerName::try_from("probe.test").unwrap();
-    let s = any_cert_client_with(Arc::new(p))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    s.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+    client.connect(name, tcp).await.unwrap()
 }
 
 /// A TLS server config with a fresh self-signed certificate.
