@@ -5,7 +5,8 @@
 #   tests/bench.sh                         # -r 3 direct rathole bore edgepass
 #   tests/bench.sh -r 3 direct rathole-tls edgepass-tls
 #   tests/bench.sh -r 5 -m conn direct tests/bench/floor.sh edgepass   # against the floor
-#     (two minimal relay processes: the best rate a user-space tunnel can get on this machine)
+#     (two minimal relay processes: the best rate a user-space tunnel can get on this machine;
+#     tests/bench/floor-kernel.sh is the same with the bytes left to the kernel, as root)
 # Needs: iperf3 and socat (apt-get install iperf3 socat), rathole (cargo install rathole),
 # bore (cargo install bore-cli --locked). See BENCHMARKS.md for the figures of the last run.
 set -euo pipefail
