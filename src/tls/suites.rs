@@ -3,9 +3,11 @@
 //! A rustls server takes the first suite of the client's list that it also has, so the side
 //! that dials (usually the router) decides for both. With AES and carry-less multiply
 //! instructions (x86 AES-NI with PCLMULQDQ, ARMv8 AES with PMULL) AES-GCM is the fast one;
-//! without them (MIPS, most ARMv7 routers) ring's AES is constant-time software, several times
-//! slower than ChaCha20-Poly1305, which needs only adds, rotates and xors. Every side still
-//! accepts all three suites, so any two edgepass builds agree on one.
+//! without them (MIPS) ring's AES is constant-time software, several times slower than
+//! ChaCha20-Poly1305, which needs only adds, rotates and xors. ring uses no AES instructions
+//! in 32-bit ARM builds, even on an ARMv8 CPU that has them, so those builds get ChaCha20
+//! first too (with NEON where the CPU has it). Every side still accepts all three suites, so
+//! any two edgepass builds agree on one.
 
 use rustls::crypto::ring::cipher_suite::{
     TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
