@@ -2,8 +2,9 @@
 //!
 //! # Implementation
 //! The mapping is reserved once at start and the kernel backs a page only when a buffer is
-//! first written, so an arena sized for many sessions costs nothing until it is used. Free
-//! buffers sit on a LIFO stack so the hottest (already resident) buffers are reused first;
+//! first written, so an arena sized for many sessions costs nothing until it is used. Returned
+//! buffers sit on a LIFO stack so the hottest (already resident) buffers are reused first, and
+//! a never-used one is taken only when the stack is empty;
 //! [`Arena::release_idle`] hands the pages of free buffers back to the kernel after a burst.
 //! A semaphore with one permit per buffer makes waiting for a buffer async and bounded; taking
 //! and returning a buffer allocates nothing.
@@ -27,8 +28,10 @@ const MAX_ARENA_BYTES: usize = 1 << 30;
 const MAX_ARENA_BYTES: usize = 128 << 20;
 
 struct Free {
-    /// Indices of free buffers; the top is reused first.
+    /// Indices of returned buffers; the top is reused first.
     stack: Vec<u32>,
+    /// Buffers from this index on were never leased (so a large arena costs nothing to make).
+    fresh: u32,
     /// Whether each buffer may hold resident pages.
     dirty: Vec<bool>,
 }
@@ -76,13 +79,14 @@ impl Arena {
             )
         }?;
         let base = NonNull::new(ptr.cast::<u8>()).ok_or(std::io::ErrorKind::OutOfMemory)?;
-        let stack = (0..count as u32).rev().collect();
+        let stack = Vec::with_capacity(count);
         Ok(Arc::new(Arena {
             base,
             size,
             count,
             free: Mutex::new(Free {
                 stack,
+                fresh: 0,
                 dirty: vec![false; count],
             }),
             permits: Arc::new(Semaphore::new(count)),
@@ -101,7 +105,8 @@ impl Arena {
 
     /// Buffers not leased right now.
     pub fn available(&self) -> usize {
-        self.lock().stack.len()
+        let free = self.lock();
+        free.stack.len() + (self.count - free.fresh as usize)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Free> {
@@ -132,8 +137,14 @@ impl Arena {
     fn take(self: &Arc<Self>, permit: SemaphoreGuardArc) -> Lease {
         let idx = {
             let mut free = self.lock();
-            // A permit guarantees a free index.
-            let idx = free.stack.pop().unwrap_or(0);
+            // A permit guarantees a free index: a returned one, else a fresh one.
+            let idx = match free.stack.pop() {
+                Some(i) => i,
+                None => {
+                    free.fresh += 1;
+                    free.fresh - 1
+                }
+            };
             free.dirty[idx as usize] = true;
             idx
         };
@@ -147,7 +158,7 @@ impl Arena {
     /// Give the pages of every free buffer back to the kernel; returns how many buffers.
     pub fn release_idle(&self) -> usize {
         let mut free = self.lock();
-        let Free { stack, dirty } = &mut *free;
+        let Free { stack, dirty, .. } = &mut *free;
         let mut n = 0;
         for &idx in stack.iter() {
             if dirty[idx as usize] {

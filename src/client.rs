@@ -218,18 +218,28 @@ impl Inner {
 
 /// Dial the server and bring up the transport for TLS `mode` (0 plain, 1 pinned, 2 verified).
 /// Returns the connection, its TLS mode and the fingerprint of the certificate seen.
-async fn dial_tunnel(inner: &Inner, mode: u8) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
+async fn dial_tunnel(
+    inner: &Inner,
+    mode: u8,
+    kind: Kind,
+) -> Result<(Conn, u8, Option<[u8; MAC_LEN]>)> {
     let tcp = inner.dialer.dial(&inner.cfg.tunnel).await?;
     if mode == 0 {
         return Ok((Conn::Plain(tcp), 0, None));
     }
     #[cfg(feature = "tls")]
     {
-        let (conn, fp) = inner.tls_cfg.connect(mode, tcp).await?;
+        // Control connections (one per session or reservation) go through futures-rustls;
+        // the ones that carry users lease their record buffers only while bytes move.
+        let pooled = matches!(kind, Kind::Pool | Kind::Connect);
+        let (conn, fp) = inner.tls_cfg.connect(mode, tcp, pooled).await?;
         Ok((conn, mode, Some(fp)))
     }
     #[cfg(not(feature = "tls"))]
-    Err(Error::Unsupported("TLS (the server uses tls=1 or tls=2)"))
+    {
+        let _ = kind;
+        Err(Error::Unsupported("TLS (the server uses tls=1 or tls=2)"))
+    }
 }
 
 /// Dial and authenticate one connection of `kind` in TLS `mode`, bounded by
@@ -241,7 +251,7 @@ pub(crate) async fn open(
     sid: Option<[u8; SID_LEN]>,
 ) -> Result<(Conn, LineReader)> {
     let work = async {
-        let (mut conn, tls, fp) = dial_tunnel(inner, mode).await?;
+        let (mut conn, tls, fp) = dial_tunnel(inner, mode, kind).await?;
         let mut lines = LineReader::new();
         handshake::connect(&mut conn, &mut lines, &inner.key, kind, sid, tls, fp).await?;
         Ok((conn, lines))

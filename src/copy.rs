@@ -49,7 +49,11 @@ pub trait Readable {
 
 impl Readable for Conn {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tcp().poll_readable(cx)
+        match self {
+            #[cfg(feature = "tls")]
+            Conn::Tls(s) => s.poll_readable(cx),
+            _ => self.tcp().poll_readable(cx),
+        }
     }
 }
 

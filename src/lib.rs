@@ -356,6 +356,10 @@ async fn release(stats: Arc<Stats>, (arena, udp_arena): (Arc<Arena>, Option<Arc<
         if let Some(a) = &udp_arena {
             released += a.release_idle();
         }
+        #[cfg(feature = "tls")]
+        {
+            released += tls::stream::release_idle();
+        }
         idle.tick(stats.active(), released, stats.pool_idle.load(Relaxed));
     }
 }

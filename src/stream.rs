@@ -12,12 +12,13 @@ use smol::Async;
 pub enum Conn {
     /// Plain TCP.
     Plain(Async<TcpStream>),
-    /// TLS, we dialed.
+    /// TLS through futures-rustls: the client's control connection.
     #[cfg(feature = "tls")]
     TlsClient(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
-    /// TLS, we accepted.
+    /// TLS with arena-leased record buffers ([`crate::tls::stream`]): pool connections and
+    /// every connection the server accepts.
     #[cfg(feature = "tls")]
-    TlsServer(Box<futures_rustls::server::TlsStream<Async<TcpStream>>>),
+    Tls(Box<crate::tls::stream::TlsStream>),
 }
 
 impl std::fmt::Debug for Conn {
@@ -27,7 +28,7 @@ impl std::fmt::Debug for Conn {
             #[cfg(feature = "tls")]
             Conn::TlsClient(_) => "tls-client",
             #[cfg(feature = "tls")]
-            Conn::TlsServer(_) => "tls-server",
+            Conn::Tls(_) => "tls",
         };
         write!(f, "Conn({kind}, {:?})", self.peer_addr().ok())
     }
@@ -41,7 +42,7 @@ impl Conn {
             #[cfg(feature = "tls")]
             Conn::TlsClient(s) => s.get_ref().0,
             #[cfg(feature = "tls")]
-            Conn::TlsServer(s) => s.get_ref().0,
+            Conn::Tls(s) => s.tcp(),
         }
     }
 
@@ -53,6 +54,12 @@ impl Conn {
     /// Whether an idle connection is still usable: nothing to read (no FIN, no stray bytes,
     /// no TLS close_notify) and no socket error. Does not block.
     pub fn idle_ok(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Conn::Tls(s) = self {
+            if !s.is_quiet() {
+                return false;
+            }
+        }
         let mut b = [0u8; 1];
         matches!(self.tcp().get_ref().peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -69,7 +76,7 @@ impl Conn {
             #[cfg(feature = "tls")]
             Conn::TlsClient(s) => suite_name(s.get_ref().1.negotiated_cipher_suite()),
             #[cfg(feature = "tls")]
-            Conn::TlsServer(s) => suite_name(s.get_ref().1.negotiated_cipher_suite()),
+            Conn::Tls(s) => suite_name(s.state().negotiated_cipher_suite()),
         }
     }
 }
@@ -86,7 +93,7 @@ macro_rules! delegate {
             #[cfg(feature = "tls")]
             Conn::TlsClient($s) => $e,
             #[cfg(feature = "tls")]
-            Conn::TlsServer($s) => $e,
+            Conn::Tls($s) => $e,
         }
     };
 }

@@ -7,6 +7,7 @@
 //! save little and would show a stale certificate after a reload.
 
 pub mod client;
+pub mod stream;
 pub mod suites;
 pub mod x509;
 
@@ -14,19 +15,20 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures_rustls::TlsAcceptor;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{NoServerSessionStorage, UnbufferedServerConnection};
 use rustls::ServerConfig;
 use smol::{Async, Timer};
 
+use crate::arena::Arena;
 use crate::auth::sha256;
 use crate::config::{Config, ConfigError, TlsMode};
 use crate::error::{Error, Result};
 use crate::signal::MAC_LEN;
 use crate::stream::Conn;
+use stream::TlsStream;
 
 pub use client::ClientTls;
 
@@ -85,6 +87,8 @@ pub struct ServerTls {
     mode: u8,
     current: Mutex<Current>,
     files: Option<Files>,
+    /// Record buffers of the accepted connections.
+    arena: Arc<Arena>,
 }
 
 impl ServerTls {
@@ -119,6 +123,7 @@ impl ServerTls {
             mode,
             current: Mutex::new(Current { config, fp }),
             files,
+            arena: stream::arena(cfg.slot, cfg.max)?,
         })))
     }
 
@@ -137,11 +142,13 @@ impl ServerTls {
     /// fingerprint to announce in the `challenge`.
     pub async fn accept(&self, tcp: Async<TcpStream>) -> Result<(Conn, Fingerprint)> {
         let (config, fp) = self.current();
-        let s = TlsAcceptor::from(config)
-            .accept(tcp)
+        let conn =
+            UnbufferedServerConnection::new(config).map_err(|e| Error::Tls(e.to_string()))?;
+        let mut s = TlsStream::server(tcp, conn, self.arena.clone());
+        s.handshake()
             .await
             .map_err(|e| Error::Tls(client::describe(&e, "client")))?;
-        Ok((Conn::TlsServer(Box::new(s)), fp))
+        Ok((Conn::Tls(Box::new(s)), fp))
     }
 
     /// tls=2: if the files changed since the last look, load them and swap the configuration

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use futures_rustls::TlsConnector;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::client::{Resumption, UnbufferedClientConnection, WebPkiServerVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -16,7 +16,9 @@ use rustls::{
 };
 use smol::Async;
 
+use super::stream::{self, TlsStream};
 use super::{file_err, provider, Fingerprint};
+use crate::arena::Arena;
 use crate::auth::sha256;
 use crate::config::{Config, ConfigError, Host, TlsMode};
 use crate::error::{Error, Result};
@@ -39,6 +41,9 @@ pub struct ClientTls {
     /// on first use, so that a client of a tls=0 or tls=1 server never loads the system bundle.
     webpki: OnceLock<std::result::Result<Arc<ClientConfig>, String>>,
     ca: Option<String>,
+    /// Record buffers of the pool connections, made on first use; sized from `slot` and `max`.
+    arena: OnceLock<std::result::Result<Arc<Arena>, String>>,
+    sizes: (usize, usize),
     /// The name to verify; an error only matters once TLS is used.
     name: std::result::Result<ServerName<'static>, ConfigError>,
 }
@@ -109,14 +114,23 @@ impl ClientTls {
             pin: OnceLock::new(),
             webpki,
             ca: cfg.ca.clone(),
+            arena: OnceLock::new(),
+            sizes: (cfg.slot, cfg.max),
             name,
         })
     }
 
     /// TLS-connect in `mode` (1 pinning, 2 webpki). Returns the connection and the fingerprint
     /// of the certificate the server showed, which the handshake compares with the `fp` the
-    /// server proves.
-    pub async fn connect(&self, mode: u8, tcp: Async<TcpStream>) -> Result<(Conn, Fingerprint)> {
+    /// server proves. A `pooled` connection (one that carries users and may sit idle in the
+    /// pool) leases its record buffers from an arena ([`stream`]); a control connection
+    /// goes through futures-rustls.
+    pub async fn connect(
+        &self,
+        mode: u8,
+        tcp: Async<TcpStream>,
+        pooled: bool,
+    ) -> Result<(Conn, Fingerprint)> {
         let config = match mode {
             1 => self
                 .pin
@@ -134,19 +148,37 @@ impl ClientTls {
             _ => return Err(Error::Tls(format!("unknown tls mode {mode}"))),
         };
         let name = self.name.clone().map_err(|e| Error::Tls(e.to_string()))?;
+        let failed = |e: io::Error| Error::Tls(describe(&e, "server"));
+        if pooled {
+            let arena = self
+                .arena
+                .get_or_init(|| {
+                    stream::arena(self.sizes.0, self.sizes.1).map_err(|e| e.to_string())
+                })
+                .clone()
+                .map_err(Error::Tls)?;
+            let conn = UnbufferedClientConnection::new(config, name)
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            let mut s = TlsStream::client(tcp, conn, arena);
+            s.handshake().await.map_err(failed)?;
+            let fp = leaf_fingerprint(s.state().peer_certificates())?;
+            return Ok((Conn::Tls(Box::new(s)), fp));
+        }
         let s = TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| Error::Tls(describe(&e, "server")))?;
-        let fp = s
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| sha256(c.as_ref()))
-            .ok_or_else(|| Error::Tls("the server showed no certificate".into()))?;
+            .map_err(failed)?;
+        let fp = leaf_fingerprint(s.get_ref().1.peer_certificates())?;
         Ok((Conn::TlsClient(Box::new(s)), fp))
     }
+}
+
+/// The fingerprint of the certificate the server showed first.
+fn leaf_fingerprint(certs: Option<&[CertificateDer<'_>]>) -> Result<Fingerprint> {
+    certs
+        .and_then(|c| c.first())
+        .map(|c| sha256(c.as_ref()))
+        .ok_or_else(|| Error::Tls("the server showed no certificate".into()))
 }
 
 /// A TLS 1.3-only client configuration without resumption, with `verifier`.

@@ -1,0 +1,626 @@
+//! A TLS stream over rustls' unbuffered API whose record buffers are leased from an arena only
+//! while bytes move, so an idle open TLS connection holds no buffer. (futures-rustls keeps a
+//! 4 KiB read buffer per connection for as long as the connection lives.) Pool connections and
+//! every connection the server accepts use it; the client's control connection keeps
+//! futures-rustls.
+//!
+//! # Implementation
+//! Two arena buffers of [`BUF`] bytes, each leased only while needed:
+//! - the incoming one: ciphertext read from the socket in its upper half, and decrypted
+//!   plaintext the reader has not taken yet (the stash) in its lower half;
+//! - the outgoing one: records waiting for the socket.
+//!
+//! Handshake records, and the rare post-handshake messages such as a key update, are
+//! encoded into a heap vector (the handshake allocates anyway) that is freed once sent.
+//!
+//! A read takes bytes from the stash first. Only when the stash is empty does it read the
+//! socket, and then it processes every complete record in the buffer: plaintext goes to the
+//! caller's buffer while it has room and to the stash after. So the stash never holds more
+//! than one buffer of ciphertext decrypts to, and no complete record is left behind for a
+//! write to find. Everything queued for the socket is sent before anything new is encrypted,
+//! so records leave in the order rustls made them. A record larger than the incoming half is
+//! refused (the largest legal one fits).
+
+use std::io;
+use std::net::TcpStream;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
+use rustls::CommonState;
+use smol::future::Future;
+use smol::io::{AsyncRead, AsyncWrite};
+use smol::{Async, Timer};
+
+use crate::arena::{Arena, Lease};
+
+/// One half of an incoming buffer: room for the largest TLS 1.3 record (5-byte header,
+/// 2^14 bytes of plaintext, 256 bytes of expansion: 16,645 bytes), rounded up.
+pub const REC: usize = 17 * 1024;
+/// Size of one arena buffer.
+pub const BUF: usize = 2 * REC;
+/// Plaintext encrypted per write: one full record, whose ciphertext fits [`REC`].
+const MAX_PLAIN: usize = 16 * 1024;
+/// How long a stream waits before asking the arena again when no buffer is free.
+const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
+
+/// Every TLS arena of this process, for [`release_idle`].
+static ARENAS: Mutex<Vec<Weak<Arena>>> = Mutex::new(Vec::new());
+
+/// The arena for one role's TLS streams: two buffers (incoming, outgoing) for each of `slot`
+/// sessions and `max` pool connections moving bytes at once, and a few more for control
+/// connections and handshakes. Only pages written are ever resident.
+pub fn arena(slot: usize, max: usize) -> io::Result<Arc<Arena>> {
+    let count = slot
+        .saturating_add(max)
+        .saturating_add(16)
+        .saturating_mul(2);
+    let a = Arena::new(count, BUF)?;
+    let mut all = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(&a));
+    Ok(a)
+}
+
+/// Give the pages of every free TLS buffer back to the kernel; returns how many buffers.
+pub fn release_idle() -> usize {
+    let all = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .map(|a| a.release_idle())
+        .sum()
+}
+
+/// The rustls connection of either side.
+enum Side {
+    Client(UnbufferedClientConnection),
+    Server(UnbufferedServerConnection),
+}
+
+/// A TLS connection over TCP.
+pub struct TlsStream {
+    tcp: Async<TcpStream>,
+    side: Side,
+    arena: Arc<Arena>,
+    /// Stash in `[..REC]`, ciphertext in `[REC..]`; `None` while both are empty.
+    rx: Option<Lease>,
+    st_pos: usize,
+    st_len: usize,
+    ct_len: usize,
+    /// Records for the socket in `[tx_pos..tx_len]`; `None` while nothing waits.
+    tx: Option<Lease>,
+    tx_pos: usize,
+    tx_len: usize,
+    /// Handshake and other non-data records for the socket, sent after `tx`.
+    spill: Vec<u8>,
+    /// Set while no arena buffer is free.
+    retry: Option<Timer>,
+    /// close_notify was received: reads end once the stash is empty.
+    peer_closed: bool,
+    /// close_notify was queued: no more writes.
+    sent_close: bool,
+}
+
+/// What the caller wants from one round of record processing.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    Read,
+    Write(&'a [u8]),
+    Close,
+}
+
+/// What one round of record processing came to.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// Progress was made; process again.
+    Again,
+    /// Records wait for the socket; send them, then process again.
+    Flush,
+    /// More ciphertext is needed (handshake blocked, or nothing left to decrypt).
+    NeedInput,
+    /// The handshake is done and nothing is left to read.
+    Writable,
+    /// `n` bytes of plaintext were encrypted into the outgoing buffer.
+    Wrote(usize),
+    PeerClosed,
+    Closed,
+}
+
+/// The buffers a round of record processing may fill.
+struct Sink<'a> {
+    out: &'a mut [u8],
+    filled: &'a mut usize,
+    stash: &'a mut [u8],
+    st_pos: usize,
+    st_len: &'a mut usize,
+    tx: Option<&'a mut [u8]>,
+    tx_pos: usize,
+    tx_len: &'a mut usize,
+    spill: &'a mut Vec<u8>,
+}
+
+impl Sink<'_> {
+    /// Decrypted plaintext: to the caller's buffer while it has room (and nothing older waits
+    /// in the stash), the rest to the stash.
+    fn take(&mut self, mut payload: &[u8]) -> io::Result<()> {
+        if self.st_pos == *self.st_len && *self.filled < self.out.len() {
+            let n = payload.len().min(self.out.len() - *self.filled);
+            self.out[*self.filled..*self.filled + n].copy_from_slice(&payload[..n]);
+            *self.filled += n;
+            payload = &payload[n..];
+        }
+        let end = *self.st_len + payload.len();
+        let room = self
+            .stash
+            .get_mut(*self.st_len..end)
+            .ok_or_else(|| invalid("more TLS plaintext than its buffer holds"))?;
+        room.copy_from_slice(payload);
+        *self.st_len = end;
+        Ok(())
+    }
+
+    /// A non-data record, appended to the spill vector.
+    fn encode<D>(&mut self, e: &mut EncodeTlsData<'_, D>) -> io::Result<()> {
+        let need = match e.encode(&mut []) {
+            Err(EncodeError::InsufficientSize(s)) => s.required_size,
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        let old = self.spill.len();
+        self.spill.resize(old + need, 0);
+        let n = e.encode(&mut self.spill[old..]).map_err(io::Error::other)?;
+        self.spill.truncate(old + n);
+        Ok(())
+    }
+
+    fn nothing_to_send(&self) -> bool {
+        self.tx_pos == *self.tx_len && self.spill.is_empty()
+    }
+
+    /// The free tail of the outgoing buffer.
+    fn tx_room(&mut self) -> io::Result<&mut [u8]> {
+        let at = *self.tx_len;
+        self.tx
+            .as_deref_mut()
+            .and_then(|t| t.get_mut(at..))
+            .ok_or_else(|| io::Error::other("no outgoing TLS buffer"))
+    }
+}
+
+/// A rustls error as an I/O error that still carries it (see `tls::client::describe`).
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+fn encrypt_error(e: EncryptError) -> io::Error {
+    io::Error::other(e)
+}
+
+/// Handle the state one `process_tls_records` call returned. Returns the bytes to discard
+/// from the front of the ciphertext and what it came to.
+fn step<D>(
+    status: UnbufferedStatus<'_, '_, D>,
+    want: Want<'_>,
+    sink: &mut Sink<'_>,
+) -> io::Result<(usize, Step)> {
+    let mut discard = status.discard;
+    let step = match status.state.map_err(tls_error)? {
+        ConnectionState::ReadTraffic(mut r) => {
+            while let Some(rec) = r.next_record() {
+                let rec = rec.map_err(tls_error)?;
+                discard += rec.discard;
+                sink.take(rec.payload)?;
+            }
+            Step::Again
+        }
+        ConnectionState::EncodeTlsData(mut e) => {
+            sink.encode(&mut e)?;
+            Step::Again
+        }
+        ConnectionState::TransmitTlsData(t) => {
+            if sink.nothing_to_send() {
+                t.done();
+                Step::Again
+            } else {
+                Step::Flush
+            }
+        }
+        ConnectionState::BlockedHandshake => Step::NeedInput,
+        ConnectionState::PeerClosed => Step::PeerClosed,
+        ConnectionState::Closed => Step::Closed,
+        ConnectionState::WriteTraffic(mut w) => match want {
+            Want::Read => Step::Writable,
+            Want::Write(data) => {
+                let n = data.len().min(MAX_PLAIN);
+                let k = w
+                    .encrypt(&data[..n], sink.tx_room()?)
+                    .map_err(encrypt_error)?;
+                *sink.tx_len += k;
+                Step::Wrote(n)
+            }
+            Want::Close => {
+                let k = w
+                    .queue_close_notify(sink.tx_room()?)
+                    .map_err(encrypt_error)?;
+                *sink.tx_len += k;
+                Step::Wrote(0)
+            }
+        },
+        // Early data is never enabled.
+        _ => return Err(invalid("unexpected TLS early data")),
+    };
+    Ok((discard, step))
+}
+
+/// Lease a buffer into `slot` if it is empty; when none is free, wait [`NO_BUFFER_RETRY`].
+fn poll_lease(
+    arena: &Arc<Arena>,
+    slot: &mut Option<Lease>,
+    retry: &mut Option<Timer>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    while slot.is_none() {
+        if let Some(t) = retry {
+            ready!(Pin::new(t).poll(cx));
+            *retry = None;
+        }
+        match arena.try_lease() {
+            Some(l) => *slot = Some(l),
+            None => *retry = Some(Timer::after(NO_BUFFER_RETRY)),
+        }
+    }
+    Poll::Ready(())
+}
+
+impl TlsStream {
+    /// Start a client connection; the handshake runs in [`TlsStream::handshake`].
+    pub fn client(
+        tcp: Async<TcpStream>,
+        conn: UnbufferedClientConnection,
+        arena: Arc<Arena>,
+    ) -> Self {
+        Self::new(tcp, Side::Client(conn), arena)
+    }
+
+    /// Start a server connection; the handshake runs in [`TlsStream::handshake`].
+    pub fn server(
+        tcp: Async<TcpStream>,
+        conn: UnbufferedServerConnection,
+        arena: Arc<Arena>,
+    ) -> Self {
+        Self::new(tcp, Side::Server(conn), arena)
+    }
+
+    fn new(tcp: Async<TcpStream>, side: Side, arena: Arc<Arena>) -> Self {
+        TlsStream {
+            tcp,
+            side,
+            arena,
+            rx: None,
+            st_pos: 0,
+            st_len: 0,
+            ct_len: 0,
+            tx: None,
+            tx_pos: 0,
+            tx_len: 0,
+            spill: Vec::new(),
+            retry: None,
+            peer_closed: false,
+            sent_close: false,
+        }
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &Async<TcpStream> {
+        &self.tcp
+    }
+
+    /// The TLS state: peer certificates, negotiated suite.
+    pub fn state(&self) -> &CommonState {
+        match &self.side {
+            Side::Client(c) => c,
+            Side::Server(s) => s,
+        }
+    }
+
+    /// Whether nothing is buffered in either direction (for a pool connection put back).
+    pub fn is_quiet(&self) -> bool {
+        self.ct_len == 0
+            && self.st_pos == self.st_len
+            && self.tx_pos == self.tx_len
+            && self.spill.is_empty()
+    }
+
+    /// Run the handshake to its end.
+    pub async fn handshake(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_handshake(cx)).await
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_send(cx))?;
+            match self.process(Want::Read, &mut [], &mut 0)? {
+                Step::Again | Step::Flush | Step::Wrote(_) => {}
+                Step::Writable => {
+                    self.spill = Vec::new();
+                    return Poll::Ready(Ok(()));
+                }
+                Step::NeedInput => {
+                    if ready!(self.poll_fill(cx))? {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+                Step::PeerClosed | Step::Closed => {
+                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+                }
+            }
+        }
+    }
+
+    /// One `process_tls_records` round over the ciphertext held, then the discard.
+    fn process(&mut self, want: Want<'_>, out: &mut [u8], filled: &mut usize) -> io::Result<Step> {
+        let TlsStream {
+            side,
+            rx,
+            st_pos,
+            st_len,
+            ct_len,
+            tx,
+            tx_pos,
+            tx_len,
+            spill,
+            ..
+        } = self;
+        let (discard, step) = {
+            let (stash, cipher): (&mut [u8], &mut [u8]) = match rx.as_deref_mut() {
+                Some(b) => {
+                    let (s, c) = b.split_at_mut(REC);
+                    (s, &mut c[..*ct_len])
+                }
+                None => (&mut [], &mut []),
+            };
+            let mut sink = Sink {
+                out,
+                filled,
+                stash,
+                st_pos: *st_pos,
+                st_len,
+                tx: tx.as_deref_mut(),
+                tx_pos: *tx_pos,
+                tx_len,
+                spill,
+            };
+            match side {
+                Side::Client(c) => step(c.process_tls_records(cipher), want, &mut sink)?,
+                Side::Server(s) => step(s.process_tls_records(cipher), want, &mut sink)?,
+            }
+        };
+        if discard > 0 {
+            if let Some(b) = rx.as_deref_mut() {
+                b.copy_within(REC + discard..REC + *ct_len, REC);
+            }
+            *ct_len -= discard;
+        }
+        Ok(step)
+    }
+
+    /// Read the socket into the ciphertext half. Ready(true) at the end of input.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        ready!(poll_lease(&self.arena, &mut self.rx, &mut self.retry, cx));
+        let Some(b) = self.rx.as_deref_mut() else {
+            return Poll::Ready(Err(io::Error::other("no incoming TLS buffer")));
+        };
+        let room = &mut b[REC + self.ct_len..];
+        if room.is_empty() {
+            return Poll::Ready(Err(invalid("TLS record larger than the buffer")));
+        }
+        match Pin::new(&mut self.tcp).poll_read(cx, room) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(true)),
+            Poll::Ready(Ok(n)) => {
+                self.ct_len += n;
+                Poll::Ready(Ok(false))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                self.release_rx();
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The incoming buffer goes back when it holds nothing.
+    fn release_rx(&mut self) {
+        if self.ct_len == 0 && self.st_pos == self.st_len {
+            self.rx = None;
+            self.st_pos = 0;
+            self.st_len = 0;
+        }
+    }
+
+    /// Send everything queued: the outgoing buffer, then the spill. The outgoing buffer stays
+    /// leased (empty) until [`Self::release_tx`].
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tx_pos < self.tx_len {
+            let Some(b) = self.tx.as_deref() else {
+                return Poll::Ready(Err(io::Error::other("records pending without a buffer")));
+            };
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &b[self.tx_pos..self.tx_len]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.tx_pos += n;
+        }
+        self.tx_pos = 0;
+        self.tx_len = 0;
+        while !self.spill.is_empty() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.spill))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.spill.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn release_tx(&mut self) {
+        if self.tx_pos == self.tx_len {
+            self.tx = None;
+        }
+        if self.spill.is_empty() && self.spill.capacity() > 0 {
+            self.spill = Vec::new();
+        }
+    }
+
+    /// Drive record processing for a write (`Want::Write` or `Want::Close`): send what is
+    /// queued, then process until the data is encrypted.
+    fn poll_encrypt(&mut self, cx: &mut Context<'_>, want: Want<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_send(cx))?;
+            ready!(poll_lease(&self.arena, &mut self.tx, &mut self.retry, cx));
+            match self.process(want, &mut [], &mut 0)? {
+                Step::Wrote(n) => return Poll::Ready(Ok(n)),
+                Step::Again | Step::Flush | Step::Writable => {}
+                Step::PeerClosed => {
+                    self.peer_closed = true;
+                    self.ct_len = 0;
+                }
+                Step::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Step::NeedInput => return Poll::Ready(Err(invalid("TLS handshake not complete"))),
+            }
+        }
+    }
+
+    /// Ready when a read may find bytes: plaintext in the stash, the end of input, or a
+    /// readable socket. Records waiting for the socket are pushed out meanwhile.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.st_pos < self.st_len || self.peer_closed {
+            return Poll::Ready(Ok(()));
+        }
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        self.tcp.poll_readable(cx)
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        if this.st_pos < this.st_len {
+            let Some(b) = this.rx.as_deref() else {
+                return Poll::Ready(Err(io::Error::other("plaintext without a buffer")));
+            };
+            let n = buf.len().min(this.st_len - this.st_pos);
+            buf[..n].copy_from_slice(&b[this.st_pos..this.st_pos + n]);
+            this.st_pos += n;
+            if this.st_pos == this.st_len {
+                this.st_pos = 0;
+                this.st_len = 0;
+                this.release_rx();
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if this.peer_closed || buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut filled = 0;
+        loop {
+            match this.process(Want::Read, buf, &mut filled)? {
+                Step::Again | Step::Wrote(_) => continue,
+                Step::Flush => {
+                    if this.poll_send(cx)?.is_ready() {
+                        continue;
+                    }
+                }
+                Step::PeerClosed => {
+                    this.peer_closed = true;
+                    this.ct_len = 0;
+                    this.release_rx();
+                    return Poll::Ready(Ok(filled));
+                }
+                Step::Closed => return Poll::Ready(Ok(filled)),
+                Step::NeedInput | Step::Writable => {}
+            }
+            // Every complete record is processed.
+            if filled > 0 || this.st_pos < this.st_len {
+                this.release_rx();
+                return Poll::Ready(Ok(filled));
+            }
+            if ready!(this.poll_fill(cx))? {
+                let why = if this.ct_len > 0 {
+                    "the peer closed the connection in the middle of a TLS record"
+                } else {
+                    "the peer closed the connection without a TLS close_notify"
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.sent_close {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(this.poll_encrypt(cx, Want::Write(data)))?;
+        // Send at once; what the socket does not take now goes at the next write or flush.
+        if let Poll::Ready(r) = this.poll_send(cx) {
+            r?;
+            this.release_tx();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        this.release_tx();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queue close_notify and send everything. (The TCP half-close is the caller's.)
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.sent_close {
+            match this.poll_encrypt(cx, Want::Close) {
+                Poll::Ready(Ok(_)) => {}
+                // Both sides have closed already: nothing to send.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                other => return other.map_ok(|_| ()),
+            }
+            this.sent_close = true;
+        }
+        ready!(this.poll_send(cx))?;
+        this.release_tx();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

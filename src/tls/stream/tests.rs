@@ -1,0 +1,248 @@
+//! The arena-leasing TLS stream against itself and against futures-rustls, over loopback:
+//! bytes survive odd read sizes in both directions, an idle connection holds no buffer, and a
+//! hostile or truncated peer is an error, not a panic.
+
+use std::net::{SocketAddr, TcpListener};
+
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::stream::Conn;
+use crate::tls::{ClientTls, ServerTls};
+
+fn server_tls() -> Arc<ServerTls> {
+    let cfg = crate::config::parse("server://k@127.0.0.1:0/127.0.0.1:0?tls=1&slot=4", &|_| None)
+        .expect("server url");
+    ServerTls::new(&cfg).expect("tls").expect("tls=1")
+}
+
+fn client_tls() -> ClientTls {
+    let cfg = crate::config::parse("client://k@127.0.0.1:1/127.0.0.1:2?tls=1&slot=4", &|_| None)
+        .expect("client url");
+    ClientTls::new(&cfg).expect("client tls")
+}
+
+fn listener() -> (Async<TcpListener>, SocketAddr) {
+    let l = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+    let a = l.get_ref().local_addr().expect("addr");
+    (l, a)
+}
+
+/// A connected pair: the client side `pooled` (this stream) or not (futures-rustls), the
+/// server side always this stream.
+async fn pair(s: &ServerTls, pooled: bool) -> (Conn, Conn) {
+    let (l, addr) = listener();
+    let c = client_tls();
+    let (client, server) = smol::future::zip(
+        async {
+            let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
+            c.connect(1, tcp, pooled).await.expect("client handshake").0
+        },
+        async {
+            let (tcp, _) = l.accept().await.expect("accept");
+            s.accept(tcp).await.expect("server handshake").0
+        },
+    )
+    .await;
+    assert!(matches!(server, Conn::Tls(_)));
+    assert_eq!(matches!(client, Conn::Tls(_)), pooled);
+    (client, server)
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Echo until the end of input, reading in sizes that cut records anywhere, then close.
+async fn echo(mut c: Conn) -> Conn {
+    const SIZES: [usize; 6] = [1, 7, 300, 5_000, 16_384, 40_000];
+    let mut buf = vec![0u8; 40_000];
+    let mut i = 0;
+    loop {
+        let want = SIZES[i % SIZES.len()];
+        i += 1;
+        let n = c.read(&mut buf[..want]).await.expect("echo read");
+        if n == 0 {
+            break;
+        }
+        c.write_all(&buf[..n]).await.expect("echo write");
+    }
+    c.close().await.expect("echo close");
+    c
+}
+
+/// Send `data` in 10,000-byte writes and half-close, while reading everything back.
+async fn round_trip(c: Conn, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = smol::io::split(c);
+    let (got, ()) = smol::future::zip(
+        async {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("read back");
+            got
+        },
+        async {
+            for piece in data.chunks(10_000) {
+                w.write_all(piece).await.expect("write");
+            }
+            w.close().await.expect("close");
+        },
+    )
+    .await;
+    got
+}
+
+#[test]
+fn bytes_survive_both_ways_against_itself_and_futures_rustls() {
+    smol::block_on(async {
+        let s = server_tls();
+        for pooled in [true, false] {
+            let (client, server) = pair(&s, pooled).await;
+            let data = pattern(1 << 20);
+            let (got, _server) = smol::future::zip(round_trip(client, &data), echo(server)).await;
+            assert!(got == data, "1 MiB echoed intact (pooled client: {pooled})");
+        }
+    });
+}
+
+/// The buffers of `c` if it is this stream: (incoming, outgoing) leased.
+fn leased(c: &Conn) -> (bool, bool) {
+    match c {
+        Conn::Tls(s) => (s.rx.is_some(), s.tx.is_some()),
+        _ => panic!("not the arena stream"),
+    }
+}
+
+#[test]
+fn an_idle_connection_holds_no_buffer() {
+    smol::block_on(async {
+        let s = server_tls();
+        let (mut client, mut server) = pair(&s, true).await;
+        // A request and a reply larger than one record, read in small pieces.
+        let req = pattern(50_000);
+        client.write_all(&req).await.expect("write");
+        client.flush().await.expect("flush");
+        let mut got = vec![0u8; req.len()];
+        let mut at = 0;
+        while at < got.len() {
+            let end = (at + 999).min(got.len());
+            at += server.read(&mut got[at..end]).await.expect("read");
+        }
+        assert!(got == req);
+        server.write_all(&got).await.expect("reply");
+        server.flush().await.expect("flush");
+        client.read_exact(&mut got).await.expect("read reply");
+        assert!(got == req);
+        assert_eq!(
+            leased(&client),
+            (false, false),
+            "client holds no buffer when idle"
+        );
+        assert_eq!(
+            leased(&server),
+            (false, false),
+            "server holds no buffer when idle"
+        );
+        assert_eq!(s.arena.available(), s.arena.capacity());
+        assert!(client.idle_ok() && server.idle_ok());
+    });
+}
+
+#[test]
+fn a_peer_that_closes_in_the_middle_of_a_record_is_an_error() {
+    smol::block_on(async {
+        let s = server_tls();
+        let (client, mut server) = pair(&s, true).await;
+        let Conn::Tls(c) = client else {
+            panic!("pooled client")
+        };
+        // The header of an application-data record announcing 100 bytes, and only 10 of them.
+        let mut raw = c.tcp().get_ref();
+        std::io::Write::write_all(&mut raw, &[23, 3, 3, 0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+            .expect("raw write");
+        raw.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let e = server.read(&mut [0u8; 64]).await.expect_err("truncated");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(e.to_string().contains("middle of a TLS record"), "{e}");
+    });
+}
+
+#[test]
+fn garbage_after_the_handshake_closes_with_a_reason() {
+    smol::block_on(async {
+        let s = server_tls();
+        for junk in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            // An application-data record that does not decrypt.
+            &[
+                23, 3, 3, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ][..],
+            // A record longer than TLS allows.
+            &[23, 3, 3, 0xff, 0xff, 0][..],
+        ] {
+            let (client, mut server) = pair(&s, true).await;
+            let Conn::Tls(c) = client else {
+                panic!("pooled client")
+            };
+            std::io::Write::write_all(&mut c.tcp().get_ref(), junk).expect("raw write");
+            let e = server.read(&mut [0u8; 64]).await.expect_err("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+            assert!(
+                e.get_ref()
+                    .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some()),
+                "carries the rustls error: {e}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_plaintext_peer_fails_the_handshake() {
+    smol::block_on(async {
+        let s = server_tls();
+        let (l, addr) = listener();
+        let (e, ()) = smol::future::zip(
+            async {
+                let (tcp, _) = l.accept().await.expect("accept");
+                s.accept(tcp).await.expect_err("not TLS")
+            },
+            async {
+                let mut tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
+                tcp.write_all(b"hello ctl 0123456789abcdef\n")
+                    .await
+                    .expect("write");
+                let _ = tcp.read(&mut [0u8; 16]).await;
+            },
+        )
+        .await;
+        assert!(matches!(e, crate::error::Error::Tls(_)), "{e}");
+    });
+}
+
+#[test]
+fn a_key_update_from_the_peer_keeps_the_stream_working() {
+    smol::block_on(async {
+        let s = server_tls();
+        let (mut client, mut server) = pair(&s, false).await;
+        let Conn::TlsClient(c) = &mut client else {
+            panic!("futures-rustls client")
+        };
+        // The next record carries a KeyUpdate that asks the server to update its keys too.
+        c.get_mut().1.refresh_traffic_keys().expect("key update");
+        for round in 0..3u8 {
+            let msg = [round; 300];
+            client.write_all(&msg).await.expect("write");
+            client.flush().await.expect("flush");
+            let mut got = [0u8; 300];
+            server.read_exact(&mut got).await.expect("server read");
+            assert_eq!(got, msg);
+            server.write_all(&got).await.expect("reply");
+            server.flush().await.expect("flush");
+            client.read_exact(&mut got).await.expect("client read");
+            assert_eq!(
+                got, msg,
+                "round {round}: the reply decrypts after the key update"
+            );
+        }
+        assert_eq!(leased(&server), (false, false));
+    });
+}
