@@ -12,7 +12,7 @@ use smol::Async;
 pub enum Conn {
     /// Plain TCP.
     Plain(Async<TcpStream>),
-    /// TLS through futures-rustls: the client's control connection.
+    /// TLS through futures-rustls: the client's control (or relay reservation) connection.
     #[cfg(feature = "tls")]
     TlsClient(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
     /// TLS with arena-leased record buffers ([`crate::tls::stream`]): pool connections and

@@ -1,5 +1,7 @@
 //! TLS 1.3 on the tunnel port: the server's certificate (tls=1 self-signed at start, tls=2 from
-//! PEM files with hot reload) and the accept glue. The client side is in [`client`].
+//! PEM files with hot reload) and the accept glue. The client side is in [`client`]; the
+//! stream that leases its record buffers from an arena, which every accepted connection and
+//! every client pool connection uses, is in [`stream`].
 //!
 //! Every configuration uses rustls with the ring provider, TLS 1.3 only, and no session
 //! resumption: the certificate fingerprint is checked inside the authenticated handshake on
