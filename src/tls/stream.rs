@@ -5,10 +5,11 @@
 //! futures-rustls.
 //!
 //! # Implementation
-//! Two arena buffers of [`BUF`] bytes, each leased only while needed:
-//! - the incoming one: ciphertext read from the socket in its upper half, and decrypted
-//!   plaintext the reader has not taken yet (the stash) in its lower half;
-//! - the outgoing one: records waiting for the socket.
+//! One arena buffer of [`BUF`] bytes, leased while bytes move in either direction, in three
+//! parts: decrypted plaintext the reader has not taken yet (the stash), ciphertext read from
+//! the socket, and records waiting for the socket. One buffer for both directions: a stream
+//! never holds a buffer while it waits for another, so streams cannot lock each other out
+//! of an empty arena (pages of a part not used are never touched, so never resident).
 //!
 //! Handshake records, and the rare post-handshake messages such as a key update, are
 //! encoded into a heap vector (the handshake allocates anyway) that is freed once sent.
@@ -39,12 +40,17 @@ use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Timer};
 
 use crate::arena::{Arena, Lease};
+use crate::server::MAX_PENDING;
 
 /// One half of an incoming buffer: room for the largest TLS 1.3 record (5-byte header,
 /// 2^14 bytes of plaintext, 256 bytes of expansion: 16,645 bytes), rounded up.
 pub const REC: usize = 17 * 1024;
-/// Size of one arena buffer.
-pub const BUF: usize = 2 * REC;
+/// Size of one arena buffer: stash, incoming ciphertext, outgoing records.
+pub const BUF: usize = 3 * REC;
+/// Where the incoming ciphertext starts in the buffer.
+const IN: usize = REC;
+/// Where the outgoing records start in the buffer.
+const OUT: usize = 2 * REC;
 /// Plaintext encrypted per write: one full record, whose ciphertext fits [`REC`].
 const MAX_PLAIN: usize = 16 * 1024;
 /// How long a stream waits before asking the arena again when no buffer is free.
@@ -53,14 +59,12 @@ const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
 /// Every TLS arena of this process, for [`release_idle`].
 static ARENAS: Mutex<Vec<Weak<Arena>>> = Mutex::new(Vec::new());
 
-/// The arena for one role's TLS streams: two buffers (incoming, outgoing) for each of `slot`
-/// sessions and `max` pool connections moving bytes at once, and a few more for control
-/// connections and handshakes. Only pages written are ever resident.
+/// The arena for one role's TLS streams: a buffer for each of `slot` sessions, `max` pool
+/// connections and [`MAX_PENDING`] handshakes moving bytes at once, and a few more for control
+/// connections. Only pages written are ever resident; when every buffer is taken a stream
+/// waits for one ([`NO_BUFFER_RETRY`]) under its caller's timeouts.
 pub fn arena(slot: usize, max: usize) -> io::Result<Arc<Arena>> {
-    let count = slot
-        .saturating_add(max)
-        .saturating_add(16)
-        .saturating_mul(2);
+    let count = slot.saturating_add(max).saturating_add(MAX_PENDING + 16);
     let a = Arena::new(count, BUF)?;
     let mut all = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|w| w.strong_count() > 0);
@@ -88,16 +92,15 @@ pub struct TlsStream {
     tcp: Async<TcpStream>,
     side: Side,
     arena: Arc<Arena>,
-    /// Stash in `[..REC]`, ciphertext in `[REC..]`; `None` while both are empty.
-    rx: Option<Lease>,
+    /// Stash in `[st_pos..st_len]`, ciphertext in `[IN..IN + ct_len]`, records for the socket
+    /// in `[OUT + tx_pos..OUT + tx_len]`; `None` while all three are empty.
+    buf: Option<Lease>,
     st_pos: usize,
     st_len: usize,
     ct_len: usize,
-    /// Records for the socket in `[tx_pos..tx_len]`; `None` while nothing waits.
-    tx: Option<Lease>,
     tx_pos: usize,
     tx_len: usize,
-    /// Handshake and other non-data records for the socket, sent after `tx`.
+    /// Handshake and other non-data records for the socket, sent after the buffer's.
     spill: Vec<u8>,
     /// Set while no arena buffer is free.
     retry: Option<Timer>,
@@ -306,11 +309,10 @@ impl TlsStream {
             tcp,
             side,
             arena,
-            rx: None,
+            buf: None,
             st_pos: 0,
             st_len: 0,
             ct_len: 0,
-            tx: None,
             tx_pos: 0,
             tx_len: 0,
             spill: Vec::new(),
@@ -371,23 +373,23 @@ impl TlsStream {
     fn process(&mut self, want: Want<'_>, out: &mut [u8], filled: &mut usize) -> io::Result<Step> {
         let TlsStream {
             side,
-            rx,
+            buf,
             st_pos,
             st_len,
             ct_len,
-            tx,
             tx_pos,
             tx_len,
             spill,
             ..
         } = self;
         let (discard, step) = {
-            let (stash, cipher): (&mut [u8], &mut [u8]) = match rx.as_deref_mut() {
+            let (stash, cipher, out_tls): (&mut [u8], &mut [u8], _) = match buf.as_deref_mut() {
                 Some(b) => {
-                    let (s, c) = b.split_at_mut(REC);
-                    (s, &mut c[..*ct_len])
+                    let (s, rest) = b.split_at_mut(IN);
+                    let (c, o) = rest.split_at_mut(OUT - IN);
+                    (s, &mut c[..*ct_len], Some(o))
                 }
-                None => (&mut [], &mut []),
+                None => (&mut [], &mut [], None),
             };
             let mut sink = Sink {
                 out,
@@ -395,7 +397,7 @@ impl TlsStream {
                 stash,
                 st_pos: *st_pos,
                 st_len,
-                tx: tx.as_deref_mut(),
+                tx: out_tls,
                 tx_pos: *tx_pos,
                 tx_len,
                 spill,
@@ -406,8 +408,8 @@ impl TlsStream {
             }
         };
         if discard > 0 {
-            if let Some(b) = rx.as_deref_mut() {
-                b.copy_within(REC + discard..REC + *ct_len, REC);
+            if let Some(b) = buf.as_deref_mut() {
+                b.copy_within(IN + discard..IN + *ct_len, IN);
             }
             *ct_len -= discard;
         }
@@ -416,11 +418,11 @@ impl TlsStream {
 
     /// Read the socket into the ciphertext half. Ready(true) at the end of input.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        ready!(poll_lease(&self.arena, &mut self.rx, &mut self.retry, cx));
-        let Some(b) = self.rx.as_deref_mut() else {
-            return Poll::Ready(Err(io::Error::other("no incoming TLS buffer")));
+        ready!(poll_lease(&self.arena, &mut self.buf, &mut self.retry, cx));
+        let Some(b) = self.buf.as_deref_mut() else {
+            return Poll::Ready(Err(io::Error::other("no TLS buffer")));
         };
-        let room = &mut b[REC + self.ct_len..];
+        let room = &mut b[IN + self.ct_len..OUT];
         if room.is_empty() {
             return Poll::Ready(Err(invalid("TLS record larger than the buffer")));
         }
@@ -432,29 +434,33 @@ impl TlsStream {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                self.release_rx();
+                self.release();
                 Poll::Pending
             }
         }
     }
 
-    /// The incoming buffer goes back when it holds nothing.
-    fn release_rx(&mut self) {
-        if self.ct_len == 0 && self.st_pos == self.st_len {
-            self.rx = None;
+    /// The buffer goes back when it holds nothing, and the spill's memory once it is sent.
+    fn release(&mut self) {
+        if self.ct_len == 0 && self.st_pos == self.st_len && self.tx_pos == self.tx_len {
+            self.buf = None;
             self.st_pos = 0;
             self.st_len = 0;
         }
+        if self.spill.is_empty() && self.spill.capacity() > 0 {
+            self.spill = Vec::new();
+        }
     }
 
-    /// Send everything queued: the outgoing buffer, then the spill. The outgoing buffer stays
-    /// leased (empty) until [`Self::release_tx`].
+    /// Send everything queued: the buffer's records, then the spill. The buffer stays leased
+    /// until [`Self::release`].
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.tx_pos < self.tx_len {
-            let Some(b) = self.tx.as_deref() else {
+            let Some(b) = self.buf.as_deref() else {
                 return Poll::Ready(Err(io::Error::other("records pending without a buffer")));
             };
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &b[self.tx_pos..self.tx_len]))?;
+            let out = &b[OUT + self.tx_pos..OUT + self.tx_len];
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, out))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -472,21 +478,12 @@ impl TlsStream {
         Poll::Ready(Ok(()))
     }
 
-    fn release_tx(&mut self) {
-        if self.tx_pos == self.tx_len {
-            self.tx = None;
-        }
-        if self.spill.is_empty() && self.spill.capacity() > 0 {
-            self.spill = Vec::new();
-        }
-    }
-
     /// Drive record processing for a write (`Want::Write` or `Want::Close`): send what is
     /// queued, then process until the data is encrypted.
     fn poll_encrypt(&mut self, cx: &mut Context<'_>, want: Want<'_>) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.poll_send(cx))?;
-            ready!(poll_lease(&self.arena, &mut self.tx, &mut self.retry, cx));
+            ready!(poll_lease(&self.arena, &mut self.buf, &mut self.retry, cx));
             match self.process(want, &mut [], &mut 0)? {
                 Step::Wrote(n) => return Poll::Ready(Ok(n)),
                 Step::Again | Step::Flush | Step::Writable => {}
@@ -524,7 +521,7 @@ impl AsyncRead for TlsStream {
             return Poll::Ready(Err(e));
         }
         if this.st_pos < this.st_len {
-            let Some(b) = this.rx.as_deref() else {
+            let Some(b) = this.buf.as_deref() else {
                 return Poll::Ready(Err(io::Error::other("plaintext without a buffer")));
             };
             let n = buf.len().min(this.st_len - this.st_pos);
@@ -533,7 +530,7 @@ impl AsyncRead for TlsStream {
             if this.st_pos == this.st_len {
                 this.st_pos = 0;
                 this.st_len = 0;
-                this.release_rx();
+                this.release();
             }
             return Poll::Ready(Ok(n));
         }
@@ -552,7 +549,7 @@ impl AsyncRead for TlsStream {
                 Step::PeerClosed => {
                     this.peer_closed = true;
                     this.ct_len = 0;
-                    this.release_rx();
+                    this.release();
                     return Poll::Ready(Ok(filled));
                 }
                 Step::Closed => return Poll::Ready(Ok(filled)),
@@ -560,7 +557,7 @@ impl AsyncRead for TlsStream {
             }
             // Every complete record is processed.
             if filled > 0 || this.st_pos < this.st_len {
-                this.release_rx();
+                this.release();
                 return Poll::Ready(Ok(filled));
             }
             if ready!(this.poll_fill(cx))? {
@@ -592,7 +589,7 @@ impl AsyncWrite for TlsStream {
         // Send at once; what the socket does not take now goes at the next write or flush.
         if let Poll::Ready(r) = this.poll_send(cx) {
             r?;
-            this.release_tx();
+            this.release();
         }
         Poll::Ready(Ok(n))
     }
@@ -600,7 +597,7 @@ impl AsyncWrite for TlsStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
-        this.release_tx();
+        this.release();
         Poll::Ready(Ok(()))
     }
 
@@ -617,7 +614,7 @@ impl AsyncWrite for TlsStream {
             this.sent_close = true;
         }
         ready!(this.poll_send(cx))?;
-        this.release_tx();
+        this.release();
         Poll::Ready(Ok(()))
     }
 }
