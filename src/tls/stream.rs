@@ -62,7 +62,7 @@ static ARENAS: Mutex<Vec<Weak<Arena>>> = Mutex::new(Vec::new());
 /// The arena for one role's TLS streams: a buffer for each of `slot` sessions, `max` pool
 /// connections and [`MAX_PENDING`] handshakes moving bytes at once, and a few more for control
 /// connections. Only pages written are ever resident; when every buffer is taken a stream
-/// waits for one ([`NO_BUFFER_RETRY`]) under its caller's timeouts.
+/// waits for one (asking again every 5 ms) under its caller's timeouts.
 pub fn arena(slot: usize, max: usize) -> io::Result<Arc<Arena>> {
     let count = slot.saturating_add(max).saturating_add(MAX_PENDING + 16);
     let a = Arena::new(count, BUF)?;
