@@ -19,8 +19,8 @@
 //! caller's buffer while it has room and to the stash after. So the stash never holds more
 //! than one buffer of ciphertext decrypts to, and no complete record is left behind for a
 //! write to find. Everything queued for the socket is sent before anything new is encrypted,
-//! so records leave in the order rustls made them. A record larger than the incoming half is
-//! refused (the largest legal one fits).
+//! so records leave in the order rustls made them. A record larger than the ciphertext part
+//! is refused (the largest legal one fits).
 
 use std::io;
 use std::net::TcpStream;
@@ -42,7 +42,7 @@ use smol::{Async, Timer};
 use crate::arena::{Arena, Lease};
 use crate::server::MAX_PENDING;
 
-/// One half of an incoming buffer: room for the largest TLS 1.3 record (5-byte header,
+/// One part of a buffer: room for the largest TLS 1.3 record (5-byte header,
 /// 2^14 bytes of plaintext, 256 bytes of expansion: 16,645 bytes), rounded up.
 pub const REC: usize = 17 * 1024;
 /// Size of one arena buffer: stash, incoming ciphertext, outgoing records.
@@ -416,7 +416,7 @@ impl TlsStream {
         Ok(step)
     }
 
-    /// Read the socket into the ciphertext half. Ready(true) at the end of input.
+    /// Read the socket into the ciphertext part. Ready(true) at the end of input.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         ready!(poll_lease(&self.arena, &mut self.buf, &mut self.retry, cx));
         let Some(b) = self.buf.as_deref_mut() else {
