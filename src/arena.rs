@@ -11,15 +11,20 @@
 
 use std::ffi::c_void;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use rustix::mm::{madvise, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::Timer;
 
-use smol::future::FutureExt;
+use smol::future::{Future, FutureExt};
+
+/// How long [`Arena::poll_lease`] waits before asking again when no buffer is free.
+pub const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
 
 /// Virtual address space one arena may reserve: large on 64-bit, modest on 32-bit routers.
 #[cfg(target_pointer_width = "64")]
@@ -132,6 +137,28 @@ impl Arena {
             })
             .await?;
         Some(self.take(permit))
+    }
+
+    /// For poll-based code: lease a buffer into `slot` if it is empty. When none is free,
+    /// Pending until `retry` (a timer of [`NO_BUFFER_RETRY`]) fires and the arena is asked
+    /// again.
+    pub fn poll_lease(
+        self: &Arc<Self>,
+        slot: &mut Option<Lease>,
+        retry: &mut Option<Timer>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        while slot.is_none() {
+            if let Some(t) = retry {
+                ready!(Pin::new(t).poll(cx));
+                *retry = None;
+            }
+            match self.try_lease() {
+                Some(l) => *slot = Some(l),
+                None => *retry = Some(Timer::after(NO_BUFFER_RETRY)),
+            }
+        }
+        Poll::Ready(())
     }
 
     fn take(self: &Arc<Self>, permit: SemaphoreGuardArc) -> Lease {

@@ -36,10 +36,6 @@ use crate::stream::Conn;
 /// the others on a single-threaded executor.
 const BUDGET: usize = 16;
 
-/// How long a direction waits before asking the arena again when no buffer is free (the
-/// arena has two buffers per slot, so this only happens when it is shared more widely).
-const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
-
 /// A stream whose socket can be awaited for readability without reading, so that a copy can
 /// wait for bytes without holding a buffer.
 pub trait Readable {
@@ -172,26 +168,16 @@ impl<'c> Dir<'c> {
                 }
                 self.wait = None;
             }
-            let buf = match &mut self.buf {
-                Some(b) => b,
-                None => {
-                    if self.parked {
-                        ready!(r.poll_readable(cx))?;
-                    }
-                    if let Some(t) = &mut self.retry {
-                        ready!(Pin::new(t).poll(cx));
-                        self.retry = None;
-                    }
-                    match self.arena.try_lease() {
-                        Some(l) => self.buf.insert(l),
-                        None => {
-                            let mut t = Timer::after(NO_BUFFER_RETRY);
-                            let _ = Pin::new(&mut t).poll(cx);
-                            self.retry = Some(t);
-                            return Poll::Pending;
-                        }
-                    }
+            if self.buf.is_none() {
+                if self.parked {
+                    ready!(r.poll_readable(cx))?;
                 }
+                // The arena has two buffers per slot, so a wait here only happens when it is
+                // shared more widely.
+                ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
+            }
+            let Some(buf) = &mut self.buf else {
+                return Poll::Ready(Err(io::Error::other("no buffer after a lease")));
             };
             let room = match &self.mode {
                 Mode::Raw => &mut buf[..],

@@ -27,7 +27,6 @@ use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
@@ -35,7 +34,6 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
 };
 use rustls::CommonState;
-use smol::future::Future;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Timer};
 
@@ -53,8 +51,6 @@ const IN: usize = REC;
 const OUT: usize = 2 * REC;
 /// Plaintext encrypted per write: one full record, whose ciphertext fits [`REC`].
 const MAX_PLAIN: usize = 16 * 1024;
-/// How long a stream waits before asking the arena again when no buffer is free.
-const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
 
 /// Every TLS arena of this process, for [`release_idle`].
 static ARENAS: Mutex<Vec<Weak<Arena>>> = Mutex::new(Vec::new());
@@ -265,26 +261,6 @@ fn step<D>(
     Ok((discard, step))
 }
 
-/// Lease a buffer into `slot` if it is empty; when none is free, wait [`NO_BUFFER_RETRY`].
-fn poll_lease(
-    arena: &Arc<Arena>,
-    slot: &mut Option<Lease>,
-    retry: &mut Option<Timer>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    while slot.is_none() {
-        if let Some(t) = retry {
-            ready!(Pin::new(t).poll(cx));
-            *retry = None;
-        }
-        match arena.try_lease() {
-            Some(l) => *slot = Some(l),
-            None => *retry = Some(Timer::after(NO_BUFFER_RETRY)),
-        }
-    }
-    Poll::Ready(())
-}
-
 impl TlsStream {
     /// Start a client connection; the handshake runs in [`TlsStream::handshake`].
     pub fn client(
@@ -337,10 +313,12 @@ impl TlsStream {
 
     /// Whether nothing is buffered in either direction (for a pool connection put back).
     pub fn is_quiet(&self) -> bool {
-        self.ct_len == 0
-            && self.st_pos == self.st_len
-            && self.tx_pos == self.tx_len
-            && self.spill.is_empty()
+        self.buffer_empty() && self.spill.is_empty()
+    }
+
+    /// Whether the buffer's three parts hold nothing.
+    fn buffer_empty(&self) -> bool {
+        self.ct_len == 0 && self.st_pos == self.st_len && self.tx_pos == self.tx_len
     }
 
     /// Run the handshake to its end.
@@ -418,7 +396,7 @@ impl TlsStream {
 
     /// Read the socket into the ciphertext part. Ready(true) at the end of input.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        ready!(poll_lease(&self.arena, &mut self.buf, &mut self.retry, cx));
+        ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
         let Some(b) = self.buf.as_deref_mut() else {
             return Poll::Ready(Err(io::Error::other("no TLS buffer")));
         };
@@ -442,7 +420,7 @@ impl TlsStream {
 
     /// The buffer goes back when it holds nothing, and the spill's memory once it is sent.
     fn release(&mut self) {
-        if self.ct_len == 0 && self.st_pos == self.st_len && self.tx_pos == self.tx_len {
+        if self.buffer_empty() {
             self.buf = None;
             self.st_pos = 0;
             self.st_len = 0;
@@ -483,7 +461,7 @@ impl TlsStream {
     fn poll_encrypt(&mut self, cx: &mut Context<'_>, want: Want<'_>) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.poll_send(cx))?;
-            ready!(poll_lease(&self.arena, &mut self.buf, &mut self.retry, cx));
+            ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
             match self.process(want, &mut [], &mut 0)? {
                 Step::Wrote(n) => return Poll::Ready(Ok(n)),
                 Step::Again | Step::Flush | Step::Writable => {}
