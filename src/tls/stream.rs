@@ -104,6 +104,8 @@ pub struct TlsStream {
     peer_closed: bool,
     /// close_notify was queued: no more writes.
     sent_close: bool,
+    /// Record processing failed (a fatal alert is queued): rustls is not called again.
+    failed: bool,
 }
 
 /// What the caller wants from one round of record processing.
@@ -295,6 +297,7 @@ impl TlsStream {
             retry: None,
             peer_closed: false,
             sent_close: false,
+            failed: false,
         }
     }
 
@@ -347,8 +350,24 @@ impl TlsStream {
         }
     }
 
-    /// One `process_tls_records` round over the ciphertext held, then the discard.
+    /// One `process_tls_records` round over the ciphertext held, then the discard. After an
+    /// error every call fails at once: the other direction of a copy may still read or write,
+    /// and rustls must not meet the bad records again (it would queue a second fatal alert).
     fn process(&mut self, want: Want<'_>, out: &mut [u8], filled: &mut usize) -> io::Result<Step> {
+        if self.failed {
+            return Err(invalid("the TLS connection failed earlier"));
+        }
+        let r = self.process_records(want, out, filled);
+        self.failed = r.is_err();
+        r
+    }
+
+    fn process_records(
+        &mut self,
+        want: Want<'_>,
+        out: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<Step> {
         let TlsStream {
             side,
             buf,

@@ -159,7 +159,7 @@ fn a_peer_that_closes_in_the_middle_of_a_record_is_an_error() {
 }
 
 #[test]
-fn garbage_after_the_handshake_closes_with_a_reason() {
+fn garbage_after_the_handshake_closes_with_a_reason_and_stays_closed() {
     smol::block_on(async {
         let s = server_tls();
         for junk in [
@@ -183,6 +183,17 @@ fn garbage_after_the_handshake_closes_with_a_reason() {
                     .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some()),
                 "carries the rustls error: {e}"
             );
+            // The other direction of a copy may go on using the stream: it fails at once,
+            // without handing rustls the bad records again (a second fatal alert, which rustls
+            // debug-asserts against).
+            server
+                .write_all(b"late")
+                .await
+                .expect_err("write after the failure");
+            server
+                .read(&mut [0u8; 64])
+                .await
+                .expect_err("read after the failure");
         }
     });
 }
