@@ -83,9 +83,23 @@ enum Side {
     Server(UnbufferedServerConnection),
 }
 
-/// A TLS connection over TCP.
-pub struct TlsStream {
-    tcp: Async<TcpStream>,
+/// What a [`TlsStream`] runs over: a byte stream that can also say when it is readable
+/// without reading (an idle stream waits that way, holding no buffer). TCP in the tunnel; an
+/// in-memory transport in the fuzz target.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Ready when a read would not block.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for Async<TcpStream> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Async::poll_readable(self, cx)
+    }
+}
+
+/// A TLS connection over TCP (or another [`Transport`]).
+pub struct TlsStream<S = Async<TcpStream>> {
+    tcp: S,
     side: Side,
     arena: Arc<Arena>,
     /// Stash in `[st_pos..st_len]`, ciphertext in `[IN..IN + ct_len]`, records for the socket
@@ -263,26 +277,18 @@ fn step<D>(
     Ok((discard, step))
 }
 
-impl TlsStream {
+impl<S: Transport> TlsStream<S> {
     /// Start a client connection; the handshake runs in [`TlsStream::handshake`].
-    pub fn client(
-        tcp: Async<TcpStream>,
-        conn: UnbufferedClientConnection,
-        arena: Arc<Arena>,
-    ) -> Self {
+    pub fn client(tcp: S, conn: UnbufferedClientConnection, arena: Arc<Arena>) -> Self {
         Self::new(tcp, Side::Client(conn), arena)
     }
 
     /// Start a server connection; the handshake runs in [`TlsStream::handshake`].
-    pub fn server(
-        tcp: Async<TcpStream>,
-        conn: UnbufferedServerConnection,
-        arena: Arc<Arena>,
-    ) -> Self {
+    pub fn server(tcp: S, conn: UnbufferedServerConnection, arena: Arc<Arena>) -> Self {
         Self::new(tcp, Side::Server(conn), arena)
     }
 
-    fn new(tcp: Async<TcpStream>, side: Side, arena: Arc<Arena>) -> Self {
+    fn new(tcp: S, side: Side, arena: Arc<Arena>) -> Self {
         TlsStream {
             tcp,
             side,
@@ -301,9 +307,14 @@ impl TlsStream {
         }
     }
 
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &Async<TcpStream> {
+    /// The TCP socket (transport) underneath.
+    pub fn tcp(&self) -> &S {
         &self.tcp
+    }
+
+    /// The transport underneath, to change (the fuzz target's in-memory wire).
+    pub fn tcp_mut(&mut self) -> &mut S {
+        &mut self.tcp
     }
 
     /// The TLS state: peer certificates, negotiated suite.
@@ -507,7 +518,7 @@ impl TlsStream {
     }
 }
 
-impl AsyncRead for TlsStream {
+impl<S: Transport> AsyncRead for TlsStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -569,7 +580,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<S: Transport> AsyncWrite for TlsStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
