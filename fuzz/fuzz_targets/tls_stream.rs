@@ -22,14 +22,10 @@ use edgepass::arena::Arena;
 use edgepass::tls::stream::{self, TlsStream, Transport};
 use edgepass::tls::ServerTls;
 use libfuzzer_sys::fuzz_target;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::UnbufferedClientConnection;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
-use rustls::{
-    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, ServerConnection,
-    SignatureScheme,
-};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConnection};
 use smol::io::{AsyncRead, AsyncWrite};
 
 /// The server's configuration (tls=1: a fresh self-signed certificate), the client's, and
@@ -41,58 +37,11 @@ fn setup() -> &'static (Arc<rustls::ServerConfig>, Arc<ClientConfig>, Arc<Arena>
         let url = "server://k@127.0.0.1:0/127.0.0.1:0?tls=1&slot=1";
         let cfg = edgepass::config::parse(url, &|_| None).expect("server url");
         let tls = ServerTls::new(&cfg).expect("tls").expect("tls=1");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls 1.3")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-            .with_no_client_auth();
+        // The client's tls=1 configuration: any certificate, its signature checked.
+        let client = edgepass::tls::client::pinning_config().expect("client config");
         let arena = stream::arena(1, 1).expect("arena");
-        (tls.current().0, Arc::new(client), arena)
+        (tls.current().0, client, arena)
     })
-}
-
-/// Accepts the server's certificate (edgepass pins it inside its own handshake, which this
-/// target does not run); signatures are still checked.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        msg: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            msg,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The wire between the stream under test and its rustls peer, both in this thread.

@@ -134,10 +134,7 @@ impl ClientTls {
         let config = match mode {
             1 => self
                 .pin
-                .get_or_init(|| {
-                    let algs = provider().signature_verification_algorithms;
-                    config(Arc::new(AcceptAnyCert { algs })).map_err(|e| e.to_string())
-                })
+                .get_or_init(|| pinning_config().map_err(|e| e.to_string()))
                 .clone()
                 .map_err(Error::Tls)?,
             2 => self
@@ -179,6 +176,13 @@ fn leaf_fingerprint(certs: Option<&[CertificateDer<'_>]>) -> Result<Fingerprint>
         .and_then(|c| c.first())
         .map(|c| sha256(c.as_ref()))
         .ok_or_else(|| Error::Tls("the server showed no certificate".into()))
+}
+
+/// The tls=1 configuration: any certificate passes the TLS handshake, whose signature must
+/// still verify; the certificate is pinned afterwards (see `AcceptAnyCert`).
+pub fn pinning_config() -> Result<Arc<ClientConfig>> {
+    let algs = provider().signature_verification_algorithms;
+    config(Arc::new(AcceptAnyCert { algs }))
 }
 
 /// A TLS 1.3-only client configuration without resumption, with `verifier`.
