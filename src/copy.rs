@@ -17,12 +17,13 @@
 
 use std::future::Future;
 use std::io;
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use smol::io::{AsyncRead, AsyncWrite};
-use smol::Timer;
+use smol::{Async, Timer};
 
 use std::sync::Arc;
 
@@ -41,6 +42,12 @@ const BUDGET: usize = 16;
 pub trait Readable {
     /// Ready when a read may find bytes (or the end of input, or an error).
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Readable for Async<TcpStream> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Async::poll_readable(self, cx)
+    }
 }
 
 impl Readable for Conn {

@@ -19,7 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use edgepass::arena::Arena;
-use edgepass::tls::stream::{self, TlsStream, Transport};
+use edgepass::copy::Readable;
+use edgepass::tls::stream::{self, TlsStream};
 use edgepass::tls::ServerTls;
 use libfuzzer_sys::fuzz_target;
 use rustls::client::UnbufferedClientConnection;
@@ -131,8 +132,8 @@ impl AsyncWrite for Mem {
     }
 }
 
-impl Transport for Mem {
-    fn poll_readable(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+impl Readable for Mem {
+    fn poll_readable(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.eof || self.pos < self.inbox.len() || self.peer.wants_write() {
             Poll::Ready(Ok(()))
         } else {

@@ -38,6 +38,7 @@ use smol::io::{AsyncRead, AsyncWrite};
 use smol::{Async, Timer};
 
 use crate::arena::{Arena, Lease};
+use crate::copy::Readable;
 use crate::server::MAX_PENDING;
 
 /// One part of a buffer: room for the largest TLS 1.3 record (5-byte header,
@@ -83,19 +84,12 @@ enum Side {
     Server(UnbufferedServerConnection),
 }
 
-/// What a [`TlsStream`] runs over: a byte stream that can also say when it is readable
-/// without reading (an idle stream waits that way, holding no buffer). TCP in the tunnel; an
-/// in-memory transport in the fuzz target.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin {
-    /// Ready when a read would not block.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
+/// What a [`TlsStream`] runs over: a byte stream that can also be awaited for readability
+/// without reading ([`Readable`]: an idle stream waits that way, holding no buffer). TCP in
+/// the tunnel; an in-memory transport in the fuzz target.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Readable {}
 
-impl Transport for Async<TcpStream> {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Async::poll_readable(self, cx)
-    }
-}
+impl<T: AsyncRead + AsyncWrite + Unpin + Readable> Transport for T {}
 
 /// A TLS connection over TCP (or another [`Transport`]).
 pub struct TlsStream<S = Async<TcpStream>> {
