@@ -139,26 +139,28 @@ impl Arena {
         Some(self.take(permit))
     }
 
-    /// For poll-based code: lease a buffer into `slot` if it is empty. When none is free,
-    /// Pending until `retry` (a timer of [`NO_BUFFER_RETRY`]) fires and the arena is asked
-    /// again.
-    pub fn poll_lease(
+    /// For poll-based code: the buffer in `slot`, leased into it first if it is empty. When
+    /// none is free, Pending until `retry` (a timer of [`NO_BUFFER_RETRY`]) fires and the
+    /// arena is asked again.
+    pub fn poll_lease<'s>(
         self: &Arc<Self>,
-        slot: &mut Option<Lease>,
+        slot: &'s mut Option<Lease>,
         retry: &mut Option<Timer>,
         cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        while slot.is_none() {
-            if let Some(t) = retry {
-                ready!(Pin::new(t).poll(cx));
-                *retry = None;
-            }
-            match self.try_lease() {
-                Some(l) => *slot = Some(l),
-                None => *retry = Some(Timer::after(NO_BUFFER_RETRY)),
-            }
+    ) -> Poll<&'s mut Lease> {
+        match slot {
+            Some(l) => Poll::Ready(l),
+            None => loop {
+                if let Some(t) = retry {
+                    ready!(Pin::new(t).poll(cx));
+                    *retry = None;
+                }
+                match self.try_lease() {
+                    Some(l) => return Poll::Ready(slot.insert(l)),
+                    None => *retry = Some(Timer::after(NO_BUFFER_RETRY)),
+                }
+            },
         }
-        Poll::Ready(())
     }
 
     fn take(self: &Arc<Self>, permit: SemaphoreGuardArc) -> Lease {

@@ -175,17 +175,12 @@ impl<'c> Dir<'c> {
                 }
                 self.wait = None;
             }
-            if self.buf.is_none() {
-                if self.parked {
-                    ready!(r.poll_readable(cx))?;
-                }
-                // The arena has two buffers per slot, so a wait here only happens when it is
-                // shared more widely.
-                ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
+            if self.buf.is_none() && self.parked {
+                ready!(r.poll_readable(cx))?;
             }
-            let Some(buf) = &mut self.buf else {
-                return Poll::Ready(Err(io::Error::other("no buffer after a lease")));
-            };
+            // The arena has two buffers per slot, so a wait here only happens when it is
+            // shared more widely.
+            let buf = ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
             let room = match &self.mode {
                 Mode::Raw => &mut buf[..],
                 Mode::Encode => {

@@ -420,10 +420,7 @@ impl<S: Transport> TlsStream<S> {
 
     /// Read the socket into the ciphertext part. Ready(true) at the end of input.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
-        let Some(b) = self.buf.as_deref_mut() else {
-            return Poll::Ready(Err(io::Error::other("no TLS buffer")));
-        };
+        let b = ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
         let room = &mut b[IN + self.ct_len..OUT];
         if room.is_empty() {
             return Poll::Ready(Err(invalid("TLS record larger than the buffer")));
