@@ -13,8 +13,10 @@
 # linker map. All of it is done for the `cargo build` of the benchmarks and, when
 # cargo-zigbuild is installed, for the one of cross/build.sh, and the two lists merged.
 #
-# Needs valgrind, gdb and python3. Run it after changes that move much code; symbols that no
-# longer exist are skipped by the linker, new ones land in the default order.
+# Needs valgrind, gdb and python3. Run it after changes that move much code, or when CI's idle
+# budget fails (cross/idle_rss.py); symbols that no longer exist are skipped by the linker, new
+# ones land in the default order. Tracing is not deterministic: compare cross/idle_rss.py on
+# the builds before and after, and keep the better list.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ulimit -n 4096 2>/dev/null || true  # the burst holds 1,000 sockets in each process
