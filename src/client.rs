@@ -1,7 +1,10 @@
 //! The client role: keep a session with the server and a warm pool of data connections, and
 //! forward each signalled connection to a local target. Reconnects forever with backoff.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU8, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use crate::dialer::Dialer;
 use crate::error::{Error, ProtoError, Result};
 use crate::handshake;
 use crate::lines::LineReader;
+use crate::poke::Poke;
 use crate::proxy;
 use crate::rate::Limits;
 use crate::server;
@@ -37,6 +41,13 @@ const INTERVAL_STEP: Duration = Duration::from_millis(100);
 /// Ticks between two `trim`s: the previous one must have taken effect (the closed connections
 /// counted out) before the surplus is measured again.
 const TRIM_TICKS: u32 = 2;
+
+/// Ticks in a row with the pool full at its minimum and unused before the ticks sleep until a
+/// pool connection is taken. Idle, they would only wake the process every `MAX_POOL_INTERVAL`.
+const QUIET_TICKS: u32 = 5;
+
+/// The longest the pool's ticks sleep while quiet (the heartbeats go on meanwhile).
+const QUIET_SLEEP: Duration = Duration::from_secs(30);
 
 /// Pool connections dialed at once, at most: half of what the server lets be mid-handshake
 /// (`server::MAX_PENDING`), so a refill after a burst is never cut short as a flood would be.
@@ -99,6 +110,9 @@ struct Pool {
     queue: Option<Arc<server::Session>>,
     /// Pool connections queued since the last tick (forward flow).
     offered: AtomicUsize,
+    /// Wakes the manager's ticks, asleep while the pool is full and unused, when a pool
+    /// connection is taken (or closes).
+    poke: Poke,
 }
 
 /// A client, ready to run.
@@ -401,6 +415,7 @@ pub(crate) async fn run_pool<H: Handler>(
         udp,
         queue,
         offered: AtomicUsize::new(0),
+        poke: Poke::default(),
     });
     let mgr = PoolManager {
         inner: inner.clone(),
@@ -410,6 +425,8 @@ pub(crate) async fn run_pool<H: Handler>(
         interval: inner.cfg.tuning.min_pool_interval,
         trims: 0,
         last_idle: 0,
+        quiet: 0,
+        asleep: false,
     };
     let end = Control::new(
         conn,
@@ -421,6 +438,7 @@ pub(crate) async fn run_pool<H: Handler>(
     .await;
     pool.end.trigger();
     inner.stats.pool_idle.store(0, Relaxed);
+    inner.stats.pool_asleep.store(false, Relaxed);
     end
 }
 
@@ -435,6 +453,10 @@ pub(crate) struct PoolManager {
     trims: u32,
     /// Forward flow: the queue length at the last tick.
     last_idle: usize,
+    /// Ticks in a row that found the pool full at `min` and unused.
+    quiet: u32,
+    /// The last tick armed `pool.poke` and asked for `QUIET_SLEEP`.
+    asleep: bool,
 }
 
 impl Handler for PoolManager {
@@ -442,7 +464,13 @@ impl Handler for PoolManager {
         Err(ProtoError::Unexpected("signal not for the client"))
     }
 
+    fn poke(&self) -> Option<&Poke> {
+        self.asleep.then_some(&self.pool.poke)
+    }
+
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration) {
+        self.pool.poke.disarm();
+        self.set_asleep(false);
         let cfg = &self.inner.cfg.tuning;
         let (idle, used) = match &self.pool.queue {
             // Forward flow: users take from the local queue; what left it since the last
@@ -503,7 +531,28 @@ impl Handler for PoolManager {
             }
             return (Some(Signal::Trim(surplus as u32)), self.interval);
         }
+        // Reverse flow, full at `min`, nothing used or dialing: every change from here on
+        // comes through `refill`, which pokes, so the ticks may sleep (forward flow counts its
+        // use only at ticks). The SeqCst loads after arming see any use that did not poke.
+        let full = |idle: usize| used == 0 && capacity == self.min && idle >= capacity;
+        let still = self.pool.queue.is_none() && full(idle) && dialing == 0 && busy == 0;
+        self.quiet = if still { self.quiet + 1 } else { 0 };
+        if self.quiet >= QUIET_TICKS {
+            self.pool.poke.arm();
+            if self.pool.used.load(SeqCst) == 0 && full(self.pool.idle.load(SeqCst)) {
+                self.set_asleep(true);
+                return (None, QUIET_SLEEP);
+            }
+            self.pool.poke.disarm();
+        }
         (None, self.interval)
+    }
+}
+
+impl PoolManager {
+    fn set_asleep(&mut self, asleep: bool) {
+        self.asleep = asleep;
+        self.inner.stats.pool_asleep.store(asleep, Relaxed);
     }
 }
 
@@ -591,8 +640,9 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
                 if reuse {
                     pool.busy.fetch_add(1, Relaxed);
                 }
-                pool.used.fetch_add(1, Relaxed);
+                pool.used.fetch_add(1, SeqCst);
                 refill(&inner, &pool);
+                pool.poke.poke();
             }
             PoolEvent::Back => {
                 pool.busy.fetch_sub(1, Relaxed);

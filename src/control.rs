@@ -11,6 +11,7 @@ use smol::Timer;
 
 use crate::error::{Error, ProtoError};
 use crate::lines::{send, LineReader};
+use crate::poke::Poke;
 use crate::signal::Signal;
 use crate::stats::Stats;
 use crate::stream::Conn;
@@ -51,6 +52,10 @@ pub trait Handler {
     fn signal(&mut self, sig: Signal<'_>) -> Result<(), ProtoError>;
     /// Periodic work; returns a signal to send, if any, and the delay to the next tick.
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration);
+    /// While the handler sleeps through a long delay: what wakes it for a tick at once.
+    fn poke(&self) -> Option<&Poke> {
+        None
+    }
 }
 
 /// A control connection after the handshake.
@@ -88,12 +93,25 @@ impl Control {
         let mut sent_at = start;
         loop {
             let wake = next_ping.min(next_tick);
+            let poke = h.poke();
+            let mut poked = false;
             let ev = async { Some(lines.next(&mut conn).await) }
                 .or(async {
                     Timer::at(wake).await;
                     None
                 })
+                .or(async {
+                    match poke {
+                        Some(p) => p.poked().await,
+                        None => std::future::pending().await,
+                    }
+                    poked = true;
+                    None
+                })
                 .await;
+            if poked {
+                next_tick = Instant::now();
+            }
             let out = match ev {
                 Some(Err(e)) => return End::Closed(e),
                 Some(Ok(sig)) => {

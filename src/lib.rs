@@ -34,6 +34,7 @@ pub mod heap;
 pub mod idle;
 pub mod lines;
 pub mod net;
+pub mod poke;
 pub mod proxy;
 pub mod rate;
 #[cfg(feature = "relay")]
@@ -63,6 +64,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use smol::future::FutureExt;
 use smol::Timer;
 
 use crate::arena::Arena;
@@ -81,6 +83,14 @@ const MAX_UDP_FLOW_BUFFERS: usize = 512;
 /// How often free buffer pages go back to the kernel (and the heap is trimmed when no
 /// connection is open).
 const RELEASE_TICK: Duration = Duration::from_secs(1);
+
+/// Release ticks in a row with nothing to do (no connection open, the pool unchanged) before the release ticker sleeps until a connection opens. A few seconds, so
+/// that a pool shrinking back after a burst is seen by ticks.
+const QUIET_TICKS: u32 = 5;
+
+/// The longest the release ticker sleeps while quiet: pool connections replaced at idle free
+/// a little heap without opening a connection.
+const QUIET_SLEEP: Duration = Duration::from_secs(30);
 
 /// How often a draining shutdown looks at the number of open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -290,7 +300,13 @@ impl Node {
         let own_report = matches!(self.role, Role_::Relay(_));
         #[cfg(not(feature = "relay"))]
         let own_report = false;
-        let reporter = (!own_report).then(|| {
+        // At `warn` and below the report prints nothing: no task then, no wake-up every
+        // interval.
+        let prints = matches!(
+            self.cfg_log,
+            LogLevel::Event | LogLevel::Debug | LogLevel::Info
+        );
+        let reporter = (!own_report && prints).then(|| {
             crate::rt::spawn(report(
                 self.stats.clone(),
                 self.report,
@@ -347,11 +363,24 @@ async fn report(stats: Arc<Stats>, every: Duration, log: LogLevel, mode: u8) {
 /// Every `RELEASE_TICK`: the pages of free buffers back to the kernel (buffers are leased
 /// only while bytes move, so free ones can go even with connections open), and the heap
 /// trimmed once when no connection is open after any activity since the last trim, so memory
-/// returns to idle soon after a burst.
+/// returns to idle soon after a burst. After `QUIET_TICKS` with nothing to do, it sleeps
+/// until a connection opens (at most `QUIET_SLEEP`), so an idle process is not woken every
+/// second.
 async fn release(stats: Arc<Stats>, (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>)) {
     let mut idle = IdleTrim::default();
     loop {
-        Timer::after(RELEASE_TICK).await;
+        if idle.quiet >= QUIET_TICKS {
+            stats.opened.arm();
+            if stats.active() == 0 {
+                let sleep = async {
+                    Timer::after(QUIET_SLEEP).await;
+                };
+                stats.opened.poked().or(sleep).await;
+            }
+            stats.opened.disarm();
+        } else {
+            Timer::after(RELEASE_TICK).await;
+        }
         let mut released = arena.release_idle();
         if let Some(a) = &udp_arena {
             released += a.release_idle();
@@ -375,17 +404,25 @@ struct IdleTrim {
     pending: bool,
     /// Idle pool connections at the last tick.
     pool_idle: usize,
+    /// Ticks in a row that found nothing to do.
+    quiet: u32,
 }
 
 impl IdleTrim {
     /// One tick with `active` sessions open, `released` buffers given back and `pool_idle`
     /// idle pool connections; trims the heap when it is time and says whether it did.
     fn tick(&mut self, active: usize, released: usize, pool_idle: usize) -> bool {
+        // Buffers released alone do not count: a tls=1 server's control connection reads a
+        // heartbeat into a TLS buffer every `REPORT_INTERVAL`, and a ticker woken for that
+        // would never sleep. What such a read leaves is released at the next wake-up.
+        let nothing = active == 0 && pool_idle == self.pool_idle;
         if active > 0 || released > 0 || pool_idle < self.pool_idle {
             self.pending = true;
         }
         self.pool_idle = pool_idle;
-        if active > 0 || !self.pending {
+        let trim = active == 0 && self.pending;
+        self.quiet = if nothing { self.quiet + 1 } else { 0 };
+        if !trim {
             return false;
         }
         self.pending = false;
@@ -407,6 +444,30 @@ mod tests {
         assert!(!t.tick(0, 0, 0), "once");
         assert!(t.tick(0, 4, 0), "a burst between two ticks");
         assert!(!t.tick(0, 0, 0));
+    }
+
+    #[test]
+    fn counts_quiet_ticks_and_starts_over_on_any_activity() {
+        let mut t = IdleTrim::default();
+        t.tick(0, 0, 4); // the pool filled
+        assert_eq!(t.quiet, 0);
+        for n in 1..=3 {
+            t.tick(0, 0, 4);
+            assert_eq!(t.quiet, n);
+        }
+        t.tick(1, 0, 4);
+        assert_eq!(t.quiet, 0, "a connection open");
+        assert!(t.tick(0, 0, 4), "the trim after it");
+        assert_eq!(t.quiet, 1);
+        assert!(
+            t.tick(0, 2, 4),
+            "a heartbeat's TLS buffer released (and a trim)"
+        );
+        assert_eq!(t.quiet, 2, "is no activity");
+        t.tick(0, 0, 5);
+        assert_eq!(t.quiet, 0, "the pool grew");
+        t.tick(0, 0, 3);
+        assert_eq!(t.quiet, 0, "the pool shrank");
     }
 
     #[test]

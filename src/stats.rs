@@ -1,7 +1,12 @@
 //! Counters shared by a role's tasks, and the periodic stats and `CHECK_POINT` lines.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Arc;
+
+use crate::poke::Poke;
 #[cfg(not(target_has_atomic = "64"))]
 use std::sync::Mutex;
 
@@ -65,12 +70,19 @@ pub struct Stats {
     pub pool_reused: AtomicUsize,
     /// Last control round trip in microseconds (0 until measured).
     pub ping_us: AtomicUsize,
+    /// The client's pool ticks sleep: the pool is full at its minimum and unused.
+    pub pool_asleep: AtomicBool,
+    /// Poked when a connection or flow opens: wakes the release ticker sleeping at idle.
+    pub opened: Poke,
 }
 
 impl Stats {
     /// Sessions (TCP + UDP) open now.
+    ///
+    /// `SeqCst`: the release ticker reads it after arming [`Stats::opened`], and
+    /// [`ActiveGuard::new`] raises it before poking, so one of them sees the other.
     pub fn active(&self) -> usize {
-        self.tcp_active.load(Relaxed) + self.udp_active.load(Relaxed)
+        self.tcp_active.load(SeqCst) + self.udp_active.load(SeqCst)
     }
 
     /// The human stats line logged every `REPORT_INTERVAL`.
@@ -120,7 +132,8 @@ pub struct ActiveGuard {
 impl ActiveGuard {
     /// Count one more TCP connection (`udp == false`) or UDP flow.
     pub fn new(stats: &Arc<Stats>, udp: bool) -> Self {
-        stats.counter(udp).fetch_add(1, Relaxed);
+        stats.counter(udp).fetch_add(1, SeqCst);
+        stats.opened.poke();
         ActiveGuard {
             stats: stats.clone(),
             udp,

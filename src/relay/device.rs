@@ -14,6 +14,7 @@ use crate::client::{self, PoolManager};
 use crate::control::{End, Handler};
 use crate::error::{status_text, Error, ProtoError, Result};
 use crate::lines::send;
+use crate::poke::Poke;
 use crate::signal::{Kind, Signal};
 
 /// Shortest refresh period: half the relay's shortest TTL (it announces whole seconds, at
@@ -85,6 +86,10 @@ struct Refresher {
 impl Handler for Refresher {
     fn signal(&mut self, sig: Signal<'_>) -> std::result::Result<(), ProtoError> {
         self.pool.signal(sig)
+    }
+
+    fn poke(&self) -> Option<&Poke> {
+        self.pool.poke()
     }
 
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration) {
