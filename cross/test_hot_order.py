@@ -82,6 +82,14 @@ class HotOrder(unittest.TestCase):
         other = self.names("other.names", "f2")
         self.assertEqual(self.order(f"idle:{run}", other), ["f0", "f1", "f2", "f7"])
 
+    def test_the_entry_point_goes_first(self):
+        self.map = self.file("map-entry.txt", MAP.replace(" f15\n", " _start\n"))
+        idle = self.names("idle.names", "f0", "f1")
+        self.assertEqual(self.order("--block", f"idle:{idle}"), ["_start", "f0", "f1"])
+        late = self.names("late.names", "f2", "_start")
+        got = self.order("--block", f"idle:{idle}", "--block", f"idle:{late}")
+        self.assertEqual(got, ["_start", "f0", "f1", "f2"])
+
     def test_callgrind_addresses_are_looked_up_in_the_map(self):
         cg = self.file("run.cg", "fn=(1) 0x1234\ncfn=(2) 0x1000\nfn=(3) 0x3010\nfn=(4) 0x12ff\n")
         # 0x1234 and 0x12ff are inside f2, 0x1000 is f0; 0x3010 is data, not code.
