@@ -84,8 +84,9 @@ const MAX_UDP_FLOW_BUFFERS: usize = 512;
 /// connection is open).
 const RELEASE_TICK: Duration = Duration::from_secs(1);
 
-/// Release ticks in a row with nothing to do (no connection open, the pool unchanged) before the release ticker sleeps until a connection opens. A few seconds, so
-/// that a pool shrinking back after a burst is seen by ticks.
+/// Release ticks in a row with nothing to do (no connection open, the pool unchanged) before
+/// the release ticker sleeps until a connection opens. A few seconds, so that a pool
+/// shrinking back after a burst is seen by ticks.
 const QUIET_TICKS: u32 = 5;
 
 /// The longest the release ticker sleeps while quiet: pool connections replaced at idle free
