@@ -488,13 +488,17 @@ impl Handler for PoolManager {
             ),
         };
         let cap = self.pool.capacity.load(Relaxed);
-        // NodePass's rule: tick faster while the pool runs low, slower while it is full.
-        if idle * 5 < cap {
+        // NodePass's rule: tick faster while the pool runs low, slower while it is full. A
+        // reusable connection busy with a user counts as in the pool (it comes back, and
+        // `pooled` counts it too): else one long-held user of a pool of 4 left it at 3/4,
+        // between the bounds, and the ticks stayed at 100 ms for as long as the user stayed.
+        let avail = idle + self.pool.busy.load(Relaxed).min(cap / 2);
+        if avail * 5 < cap {
             self.interval = self
                 .interval
                 .saturating_sub(INTERVAL_STEP)
                 .max(cfg.min_pool_interval);
-        } else if idle * 5 > cap * 4 {
+        } else if avail * 5 > cap * 4 {
             self.interval = (self.interval + INTERVAL_STEP).min(cfg.max_pool_interval);
         }
         // Grow when more than 80% of the pool was used this tick; under 20%, halve it (a pool
@@ -531,15 +535,19 @@ impl Handler for PoolManager {
             }
             return (Some(Signal::Trim(surplus as u32)), self.interval);
         }
-        // Reverse flow, full at `min`, nothing used or dialing: every change from here on
-        // comes through `refill`, which pokes, so the ticks may sleep (forward flow counts its
-        // use only at ticks). The SeqCst loads after arming see any use that did not poke.
-        let full = |idle: usize| used == 0 && capacity == self.min && idle >= capacity;
-        let still = self.pool.queue.is_none() && full(idle) && dialing == 0 && busy == 0;
+        // Reverse flow, full at `min` (busy reusable connections counted, as `pooled` does),
+        // nothing used or dialing: every change from here on is a pool event, which pokes, so
+        // the ticks may sleep (forward flow counts its use only at ticks). The SeqCst loads
+        // after arming see any use that did not poke.
+        let full = |idle: usize, busy: usize| {
+            used == 0 && capacity == self.min && pooled(idle, 0, busy, capacity) >= capacity
+        };
+        let still = self.pool.queue.is_none() && full(idle, busy) && dialing == 0;
         self.quiet = if still { self.quiet + 1 } else { 0 };
         if self.quiet >= QUIET_TICKS {
             self.pool.poke.arm();
-            if self.pool.used.load(SeqCst) == 0 && full(self.pool.idle.load(SeqCst)) {
+            let (idle, busy) = (self.pool.idle.load(SeqCst), self.pool.busy.load(SeqCst));
+            if self.pool.used.load(SeqCst) == 0 && full(idle, busy) {
                 self.set_asleep(true);
                 return (None, QUIET_SLEEP);
             }
@@ -649,7 +657,9 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
                 idle(pool.idle.fetch_add(1, Relaxed) + 1);
             }
             PoolEvent::Lost => {
-                pool.busy.fetch_sub(1, Relaxed);
+                // One fewer in the pool: the next tick dials its replacement.
+                pool.busy.fetch_sub(1, SeqCst);
+                pool.poke.poke();
             }
         },
     )

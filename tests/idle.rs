@@ -53,3 +53,23 @@ fn idle_ticks_sleep_and_wake_for_a_burst() {
         );
     });
 }
+
+/// A user held for long (an ssh session) keeps its reusable pool connection busy: the pool
+/// still counts as full, so its ticks sleep rather than run every 100 ms while the user stays.
+#[test]
+fn a_long_held_user_lets_the_pool_ticks_sleep() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let t = tunnel("k", target, "?min=4&max=16").await;
+        let c = t.client.stats.clone();
+        let held = echo_once(t.public, &pattern(100, 1)).await;
+        wait_until("the pool's ticks asleep with a user held", || {
+            c.pool_asleep.load(Relaxed)
+        })
+        .await;
+        assert_eq!(c.active(), 1, "the user is still held");
+        drop(held);
+        let data = pattern(1000, 2);
+        assert_eq!(round_trip(t.public, &data).await, data, "a user after it");
+    });
+}
