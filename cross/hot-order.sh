@@ -87,14 +87,7 @@ run() { # HOW NAME TLS USERS
     # One connection first, as the benchmark harness and cross/idle_rss.py make before they
     # measure idle (and as any tunnel in use has had): its code counts as idle code. Then
     # two stats ticks, heartbeats, pool ticks, and the ticks going quiet.
-    python3 -c '
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
-s.sendall(b"x" * 32); got = b""
-while len(got) < 32 and (d := s.recv(64)):
-    got += d
-s.close()
-' "$pub"
+    python3 cross/smoke_util.py roundtrip "$pub" 20 32 > /dev/null
     sleep 12
   elif [ "$users" = burst ]; then
     # First the ticks go quiet (cross/README.md), as they have before any burst in real use:

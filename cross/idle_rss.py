@@ -19,6 +19,8 @@ the figure is the same from run to run.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import socket
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import smoke_util  # beside this file: the echo round trip of cross/smoke.sh
 
 DEADLINE = 20.0  # seconds for any one wait
 POLL = 0.05
@@ -113,21 +117,11 @@ def settled(roles):
 
 
 def probe(port):
-    deadline = time.monotonic() + DEADLINE
-    msg = b"x" * 31 + b"\n"
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(msg)
-                got = b""
-                while len(got) < len(msg) and (d := s.recv(64)):
-                    got += d
-                if got == msg:
-                    return
-        except OSError:
-            pass
-        time.sleep(POLL)
-    sys.exit(f"idle_rss: no echo through the tunnel on port {port}")
+    """One 32-byte echo through the tunnel (retried while the client's pool comes up)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # its "echo OK" line
+        failed = smoke_util.roundtrip(port, DEADLINE, 32)
+    if failed:
+        sys.exit(f"idle_rss: no echo through the tunnel on port {port}")
 
 
 def evict(path):

@@ -22,7 +22,7 @@ use crate::dialer::Dialer;
 use crate::error::{Error, ProtoError, Result};
 use crate::handshake;
 use crate::lines::LineReader;
-use crate::poke::Poke;
+use crate::poke::{Poke, QUIET_SLEEP, QUIET_TICKS};
 use crate::proxy;
 use crate::rate::Limits;
 use crate::server;
@@ -41,13 +41,6 @@ const INTERVAL_STEP: Duration = Duration::from_millis(100);
 /// Ticks between two `trim`s: the previous one must have taken effect (the closed connections
 /// counted out) before the surplus is measured again.
 const TRIM_TICKS: u32 = 2;
-
-/// Ticks in a row with the pool full at its minimum and unused before the ticks sleep until a
-/// pool connection is taken. Idle, they would only wake the process every `MAX_POOL_INTERVAL`.
-const QUIET_TICKS: u32 = 5;
-
-/// The longest the pool's ticks sleep while quiet (the heartbeats go on meanwhile).
-const QUIET_SLEEP: Duration = Duration::from_secs(30);
 
 /// Pool connections dialed at once, at most: half of what the server lets be mid-handshake
 /// (`server::MAX_PENDING`), so a refill after a burst is never cut short as a flood would be.
@@ -488,11 +481,12 @@ impl Handler for PoolManager {
             ),
         };
         let cap = self.pool.capacity.load(Relaxed);
+        let busy = self.pool.busy.load(Relaxed);
         // NodePass's rule: tick faster while the pool runs low, slower while it is full. A
         // reusable connection busy with a user counts as in the pool (it comes back, and
         // `pooled` counts it too): else one long-held user of a pool of 4 left it at 3/4,
         // between the bounds, and the ticks stayed at 100 ms for as long as the user stayed.
-        let avail = idle + self.pool.busy.load(Relaxed).min(cap / 2);
+        let avail = idle + busy.min(cap / 2);
         if avail * 5 < cap {
             self.interval = self
                 .interval
@@ -515,7 +509,6 @@ impl Handler for PoolManager {
         };
         self.pool.capacity.store(capacity, Relaxed);
         let dialing = self.pool.dialing.load(Relaxed);
-        let busy = self.pool.busy.load(Relaxed);
         let need = capacity
             .saturating_sub(pooled(idle, dialing, busy, capacity))
             .min(MAX_DIALING.saturating_sub(dialing));
@@ -543,6 +536,8 @@ impl Handler for PoolManager {
             used == 0 && capacity == self.min && pooled(idle, 0, busy, capacity) >= capacity
         };
         let still = self.pool.queue.is_none() && full(idle, busy) && dialing == 0;
+        // Quiet for `QUIET_TICKS` in a row: the ticks sleep until a pool connection is taken
+        // (idle, they would only wake the process every `MAX_POOL_INTERVAL`).
         self.quiet = if still { self.quiet + 1 } else { 0 };
         if self.quiet >= QUIET_TICKS {
             self.pool.poke.arm();

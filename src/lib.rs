@@ -72,6 +72,7 @@ use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
 use crate::error::Result;
 use crate::forward::Forward;
+use crate::poke::{QUIET_SLEEP, QUIET_TICKS};
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -83,15 +84,6 @@ const MAX_UDP_FLOW_BUFFERS: usize = 512;
 /// How often free buffer pages go back to the kernel (and the heap is trimmed when no
 /// connection is open).
 const RELEASE_TICK: Duration = Duration::from_secs(1);
-
-/// Release ticks in a row with nothing to do (no connection open, the pool unchanged) before
-/// the release ticker sleeps until a connection opens. A few seconds, so that a pool
-/// shrinking back after a burst is seen by ticks.
-const QUIET_TICKS: u32 = 5;
-
-/// The longest the release ticker sleeps while quiet: pool connections replaced at idle free
-/// a little heap without opening a connection.
-const QUIET_SLEEP: Duration = Duration::from_secs(30);
 
 /// How often a draining shutdown looks at the number of open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -364,9 +356,9 @@ async fn report(stats: Arc<Stats>, every: Duration, log: LogLevel, mode: u8) {
 /// Every `RELEASE_TICK`: the pages of free buffers back to the kernel (buffers are leased
 /// only while bytes move, so free ones can go even with connections open), and the heap
 /// trimmed once when no connection is open after any activity since the last trim, so memory
-/// returns to idle soon after a burst. After `QUIET_TICKS` with nothing to do, it sleeps
-/// until a connection opens (at most `QUIET_SLEEP`), so an idle process is not woken every
-/// second.
+/// returns to idle soon after a burst. After `QUIET_TICKS` with nothing to do (no connection
+/// open, the pool unchanged), it sleeps until a connection opens (at most `QUIET_SLEEP`), so
+/// an idle process is not woken every second.
 async fn release(stats: Arc<Stats>, (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>)) {
     let mut idle = IdleTrim::default();
     loop {

@@ -14,8 +14,17 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
 
 use smol::channel::{bounded, Receiver, Sender};
+
+/// Ticks in a row with nothing to do before a ticker sleeps: a few seconds, so that what a
+/// burst leaves (a pool shrinking back, buffers to release) is still seen by ticks.
+pub const QUIET_TICKS: u32 = 5;
+
+/// The longest a quiet ticker sleeps unpoked (heartbeats go on meanwhile; a pool connection
+/// replaced at idle frees a little heap without opening a connection).
+pub const QUIET_SLEEP: Duration = Duration::from_secs(30);
 
 /// See the module docs.
 pub struct Poke {
@@ -84,7 +93,6 @@ impl Poke {
 mod tests {
     use super::*;
     use smol::future::FutureExt;
-    use std::time::Duration;
 
     /// Whether `poked` resolves within `limit`.
     fn poked_within(p: &Poke, limit: Duration) -> bool {

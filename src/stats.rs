@@ -5,10 +5,10 @@ use std::sync::atomic::{
     Ordering::{Relaxed, SeqCst},
 };
 use std::sync::Arc;
-
-use crate::poke::Poke;
 #[cfg(not(target_has_atomic = "64"))]
 use std::sync::Mutex;
+
+use crate::poke::Poke;
 
 /// A byte counter: atomic where the target has 64-bit atomics (MIPS32 and ARMv6 do not).
 #[derive(Debug, Default)]
