@@ -7,7 +7,9 @@
 //! a never-used one is taken only when the stack is empty;
 //! [`Arena::release_idle`] hands the pages of free buffers back to the kernel after a burst.
 //! A semaphore with one permit per buffer makes waiting for a buffer async and bounded; taking
-//! and returning a buffer allocates nothing.
+//! and returning a buffer allocates nothing. An arena made [`with_poke`](Arena::with_poke)
+//! pokes the release ticker whenever a buffer comes back, so the ticker may sleep while
+//! connections stay open and no bytes move.
 
 use std::ffi::c_void;
 use std::ops::{Deref, DerefMut};
@@ -22,6 +24,8 @@ use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::Timer;
 
 use smol::future::{Future, FutureExt};
+
+use crate::poke::Poke;
 
 /// How long [`Arena::poll_lease`] waits before asking again when no buffer is free.
 pub const NO_BUFFER_RETRY: Duration = Duration::from_millis(5);
@@ -48,6 +52,8 @@ pub struct Arena {
     count: usize,
     free: Mutex<Free>,
     permits: Arc<Semaphore>,
+    /// Poked after a buffer comes back (it may hold pages to release).
+    returned: Option<Arc<Poke>>,
 }
 
 // SAFETY: the mapping is owned by the arena; each buffer is reachable through at most one
@@ -69,6 +75,19 @@ impl Arena {
     /// Reserve `count` buffers of `size` bytes (count is capped so the whole reservation fits
     /// the address space budget). Fails only if the kernel refuses the mapping.
     pub fn new(count: usize, size: usize) -> std::io::Result<Arc<Arena>> {
+        Self::make(count, size, None)
+    }
+
+    /// [`Arena::new`], poking `returned` each time a buffer comes back.
+    pub fn with_poke(
+        count: usize,
+        size: usize,
+        returned: Arc<Poke>,
+    ) -> std::io::Result<Arc<Arena>> {
+        Self::make(count, size, Some(returned))
+    }
+
+    fn make(count: usize, size: usize, returned: Option<Arc<Poke>>) -> std::io::Result<Arc<Arena>> {
         let size = size.max(1);
         let count = count
             .clamp(1, (MAX_ARENA_BYTES / size).max(1))
@@ -95,6 +114,7 @@ impl Arena {
                 dirty: vec![false; count],
             }),
             permits: Arc::new(Semaphore::new(count)),
+            returned,
         }))
     }
 
@@ -243,6 +263,11 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // Push before the permit is released (field drop order), so a woken waiter finds it.
         self.arena.lock().stack.push(self.idx);
+        // After the push: a ticker that armed before it sees the poke, one that armed after
+        // it finds the buffer (see `poke`).
+        if let Some(p) = &self.arena.returned {
+            p.poke();
+        }
     }
 }
 
@@ -291,5 +316,16 @@ mod tests {
         assert_eq!(a.release_idle(), 0);
         let l = a.try_lease().expect("lease");
         assert!(l.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_returned_buffer_pokes() {
+        let p = Arc::new(Poke::default());
+        let a = Arena::with_poke(1, 64, p.clone()).expect("map");
+        let l = a.try_lease().expect("lease");
+        p.arm();
+        assert!(p.is_armed(), "a lease alone does not poke");
+        drop(l);
+        assert!(!p.is_armed(), "the return did");
     }
 }

@@ -39,6 +39,7 @@ pub mod proxy;
 pub mod rate;
 #[cfg(feature = "relay")]
 pub mod relay;
+pub mod release;
 pub mod resolve;
 pub mod rt;
 pub mod server;
@@ -60,11 +61,9 @@ pub mod visit;
 use std::net::{SocketAddr, TcpListener};
 
 use smol::Async;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smol::future::FutureExt;
 use smol::Timer;
 
 use crate::arena::Arena;
@@ -72,7 +71,6 @@ use crate::client::Client;
 use crate::config::{Config, LogLevel, Role};
 use crate::error::Result;
 use crate::forward::Forward;
-use crate::poke::{QUIET_SLEEP, QUIET_TICKS};
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -80,10 +78,6 @@ use crate::stats::Stats;
 /// Buffers in the UDP arena at most (two per concurrent flow): 512 x 64 KiB = 32 MiB of
 /// address space, committed only while flows use it.
 const MAX_UDP_FLOW_BUFFERS: usize = 512;
-
-/// How often free buffer pages go back to the kernel (and the heap is trimmed when no
-/// connection is open).
-const RELEASE_TICK: Duration = Duration::from_secs(1);
 
 /// How often a draining shutdown looks at the number of open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
@@ -131,14 +125,22 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     }
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
-    let arena = Arena::new(cfg.slot.saturating_mul(2), cfg.tuning.tcp_buf)?;
+    let arena = Arena::with_poke(
+        cfg.slot.saturating_mul(2),
+        cfg.tuning.tcp_buf,
+        stats.ticker.clone(),
+    )?;
     // Two per UDP flow as well (datagrams towards the tunnel, frames from it), each large
     // enough for the largest datagram; like the TCP arena, pages are committed only when used.
     let udp_arena = if udp_enabled(&cfg) {
         // Two buffers per flow, for at most MAX_UDP_FLOW_BUFFERS / 2 flows at once: 64 KiB
         // datagrams make a slot-sized UDP arena needlessly large on a router.
         let count = cfg.slot.saturating_mul(2).min(MAX_UDP_FLOW_BUFFERS);
-        Some(Arena::new(count, udp_buf_len(&cfg))?)
+        Some(Arena::with_poke(
+            count,
+            udp_buf_len(&cfg),
+            stats.ticker.clone(),
+        )?)
     } else {
         None
     };
@@ -308,7 +310,7 @@ impl Node {
             ))
         });
         // Every role, the relay included, gives memory back after a burst.
-        let releaser = crate::rt::spawn(release(
+        let releaser = crate::rt::spawn(release::run(
             self.stats.clone(),
             (self.arena.clone(), self.udp_arena.clone()),
         ));
@@ -350,127 +352,5 @@ async fn report(stats: Arc<Stats>, every: Duration, log: LogLevel, mode: u8) {
             LogLevel::Debug | LogLevel::Info => log::info!("{}", stats.line()),
             _ => {}
         }
-    }
-}
-
-/// Every `RELEASE_TICK`: the pages of free buffers back to the kernel (buffers are leased
-/// only while bytes move, so free ones can go even with connections open), and the heap
-/// trimmed once when no connection is open after any activity since the last trim, so memory
-/// returns to idle soon after a burst. After `QUIET_TICKS` with nothing to do (no connection
-/// open, the pool unchanged), it sleeps until a connection opens (at most `QUIET_SLEEP`), so
-/// an idle process is not woken every second.
-async fn release(stats: Arc<Stats>, (arena, udp_arena): (Arc<Arena>, Option<Arc<Arena>>)) {
-    let mut idle = IdleTrim::default();
-    loop {
-        if idle.quiet >= QUIET_TICKS {
-            stats.opened.arm();
-            if stats.active() == 0 {
-                let sleep = async {
-                    Timer::after(QUIET_SLEEP).await;
-                };
-                stats.opened.poked().or(sleep).await;
-            }
-            stats.opened.disarm();
-        } else {
-            Timer::after(RELEASE_TICK).await;
-        }
-        let mut released = arena.release_idle();
-        if let Some(a) = &udp_arena {
-            released += a.release_idle();
-        }
-        #[cfg(feature = "tls")]
-        {
-            released += tls::stream::release_idle();
-        }
-        idle.tick(stats.active(), released, stats.pool_idle.load(Relaxed));
-    }
-}
-
-/// When to trim the heap: once, on the first tick with nothing open after activity. Activity
-/// is a connection open at a tick, buffers used since the last one (a burst that starts and
-/// ends between two ticks counts too), or fewer idle pool connections than at the last tick:
-/// the pool shrinks back a tick or two after a burst, and what its connections held is only
-/// free after that.
-#[derive(Debug, Default)]
-struct IdleTrim {
-    /// Something ran since the last trim.
-    pending: bool,
-    /// Idle pool connections at the last tick.
-    pool_idle: usize,
-    /// Ticks in a row that found nothing to do.
-    quiet: u32,
-}
-
-impl IdleTrim {
-    /// One tick with `active` sessions open, `released` buffers given back and `pool_idle`
-    /// idle pool connections; trims the heap when it is time and says whether it did.
-    fn tick(&mut self, active: usize, released: usize, pool_idle: usize) -> bool {
-        // Buffers released alone do not count: a tls=1 server's control connection reads a
-        // heartbeat into a TLS buffer every `REPORT_INTERVAL`, and a ticker woken for that
-        // would never sleep. What such a read leaves is released at the next wake-up.
-        let nothing = active == 0 && pool_idle == self.pool_idle;
-        if active > 0 || released > 0 || pool_idle < self.pool_idle {
-            self.pending = true;
-        }
-        self.pool_idle = pool_idle;
-        let trim = active == 0 && self.pending;
-        self.quiet = if nothing { self.quiet + 1 } else { 0 };
-        if !trim {
-            return false;
-        }
-        self.pending = false;
-        heap::trim();
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdleTrim;
-
-    #[test]
-    fn trims_once_after_activity_even_between_ticks() {
-        let mut t = IdleTrim::default();
-        assert!(!t.tick(0, 0, 0), "nothing ran yet");
-        assert!(!t.tick(3, 2, 0), "connections open");
-        assert!(t.tick(0, 0, 0), "first idle tick after a burst");
-        assert!(!t.tick(0, 0, 0), "once");
-        assert!(t.tick(0, 4, 0), "a burst between two ticks");
-        assert!(!t.tick(0, 0, 0));
-    }
-
-    #[test]
-    fn counts_quiet_ticks_and_starts_over_on_any_activity() {
-        let mut t = IdleTrim::default();
-        t.tick(0, 0, 4); // the pool filled
-        assert_eq!(t.quiet, 0);
-        for n in 1..=3 {
-            t.tick(0, 0, 4);
-            assert_eq!(t.quiet, n);
-        }
-        t.tick(1, 0, 4);
-        assert_eq!(t.quiet, 0, "a connection open");
-        assert!(t.tick(0, 0, 4), "the trim after it");
-        assert_eq!(t.quiet, 1);
-        assert!(
-            t.tick(0, 2, 4),
-            "a heartbeat's TLS buffer released (and a trim)"
-        );
-        assert_eq!(t.quiet, 2, "is no activity");
-        t.tick(0, 0, 5);
-        assert_eq!(t.quiet, 0, "the pool grew");
-        t.tick(0, 0, 3);
-        assert_eq!(t.quiet, 0, "the pool shrank");
-    }
-
-    #[test]
-    fn trims_again_when_the_pool_shrinks() {
-        let mut t = IdleTrim::default();
-        assert!(!t.tick(0, 0, 4), "a pool filled");
-        assert!(!t.tick(5, 0, 64), "a burst grew it");
-        assert!(t.tick(0, 0, 64), "first idle tick");
-        assert!(t.tick(0, 0, 4), "the pool shrank back");
-        assert!(!t.tick(0, 0, 4), "once");
-        assert!(!t.tick(0, 0, 8), "a pool growing frees nothing");
     }
 }

@@ -72,15 +72,18 @@ pub struct Stats {
     pub ping_us: AtomicUsize,
     /// The client's pool ticks sleep: the pool is full at its minimum and unused.
     pub pool_asleep: AtomicBool,
-    /// Poked when a connection or flow opens: wakes the release ticker sleeping at idle.
-    pub opened: Poke,
+    /// Sessions (TCP + UDP) opened since start; wraps, only compared for change.
+    pub opened: AtomicUsize,
+    /// Poked when a session opens or closes, and by the data arenas when a buffer comes
+    /// back: wakes the release ticker sleeping while nothing moves.
+    pub ticker: Arc<Poke>,
 }
 
 impl Stats {
     /// Sessions (TCP + UDP) open now.
     ///
-    /// `SeqCst`: the release ticker reads it after arming [`Stats::opened`], and
-    /// [`ActiveGuard::new`] raises it before poking, so one of them sees the other.
+    /// `SeqCst`: the release ticker reads it after arming [`Stats::ticker`], and
+    /// [`ActiveGuard`] changes it before poking, so one of them sees the other.
     pub fn active(&self) -> usize {
         self.tcp_active.load(SeqCst) + self.udp_active.load(SeqCst)
     }
@@ -133,7 +136,8 @@ impl ActiveGuard {
     /// Count one more TCP connection (`udp == false`) or UDP flow.
     pub fn new(stats: &Arc<Stats>, udp: bool) -> Self {
         stats.counter(udp).fetch_add(1, SeqCst);
-        stats.opened.poke();
+        stats.opened.fetch_add(1, SeqCst);
+        stats.ticker.poke();
         ActiveGuard {
             stats: stats.clone(),
             udp,
@@ -143,7 +147,8 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.stats.counter(self.udp).fetch_sub(1, Relaxed);
+        self.stats.counter(self.udp).fetch_sub(1, SeqCst);
+        self.stats.ticker.poke();
     }
 }
 
