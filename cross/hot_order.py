@@ -3,6 +3,7 @@
 
 Usage: hot_order.py MAP OUT [--block] [idle:|burst:]PROFILE...
        hot_order.py --merge BASE EXTRA OUT
+       hot_order.py --keep OLD NEW OUT
 
 MAP is the linker map of the build (`-Map`), PROFILE the callgrind files and the `.names` files
 of cross/native_trace.py (one symbol per line) in order of priority (idle runs first).
@@ -25,8 +26,18 @@ one's features, and code its runs reached while stopping (callgrind has no stop 
 `cargo build`, zig's clang for `cross/build.sh`): they inline differently, so each build runs
 functions the other does not have. Each name only EXTRA has goes right after the name before
 it in EXTRA that BASE has, so it lands beside the code it runs with in either build.
+
+`--keep` keeps the layout of an OLD list that measured well across a change of the code, with
+the names of a NEW list remade after it. A remade list is not the same twice (the traces'
+thread order), and may lay out a 64 KiB window worse. Each name only OLD has takes the place
+of its renamed self in NEW (code moved to another module, a closure's parent renamed, a local
+symbol's `.N` suffix renumbered): first a name that is the same but for `.N` suffixes and
+back-references, then the most similar one (`difflib`, ratio at least `RENAMED`). OLD's
+other names stay (lld ignores names it does not find), and names only NEW has are merged in
+as with `--merge`.
 """
 import bisect
+import difflib
 import re
 import sys
 
@@ -92,11 +103,55 @@ def merge(base, extra):
     return out
 
 
+# How alike two mangled names must be to count as one function renamed (`--keep`).
+RENAMED = 0.9
+
+
+def shape(name):
+    """A mangled name without what a rename elsewhere changes: LLVM's `.N` suffix of a local
+    symbol and v0 back-references (`B<base-62>_`, offsets into the name itself)."""
+    return re.sub(r"B[0-9A-Za-z]*_", "B_", re.sub(r"(\.\d+)+$", "", name))
+
+
+def keep(old, new):
+    """`old`'s order, with its names renamed as `new` names them, and `new`'s other names
+    merged in."""
+    known = set(new)
+    gone = [n for n in old if n not in known]
+    fresh = [n for n in new if n not in set(old)]
+    by_shape = {}
+    for n in fresh:
+        by_shape.setdefault(shape(n), []).append(n)
+    renamed = {}
+    for n in gone:
+        same = by_shape.get(shape(n))
+        if same:
+            renamed[n] = same.pop(0)
+    left = [n for n in fresh if n not in set(renamed.values())]
+    for n in gone:
+        if n in renamed or not left:
+            continue
+        best = max(left, key=lambda m: difflib.SequenceMatcher(None, n, m).ratio())
+        if difflib.SequenceMatcher(None, n, best).ratio() >= RENAMED:
+            renamed[n] = best
+            left.remove(best)
+    return merge([renamed.get(n, n) for n in old], new), renamed
+
+
 # The program's entry point (musl's crt1.o / rcrt1.o), laid out first.
 ENTRY = "_start"
 
 
 def main():
+    if sys.argv[1] == "--keep":
+        old, new = (open(p).read().split() for p in sys.argv[2:4])
+        order, renamed = keep(old, new)
+        for a, b in renamed.items():
+            print(f"renamed: {a}\n      -> {b}")
+        with open(sys.argv[4], "w") as f:
+            f.write("\n".join(order) + "\n")
+        print(f"{len(order)} symbols ({len(renamed)} renamed, {len(order) - len(old)} new) -> {sys.argv[4]}")
+        return
     if sys.argv[1] == "--merge":
         base, extra = (open(p).read().split() for p in sys.argv[2:4])
         order = merge(base, extra)

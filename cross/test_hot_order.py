@@ -103,6 +103,29 @@ class HotOrder(unittest.TestCase):
                        capture_output=True)
         self.assertEqual(words(out), ["x", "a", "y", "b", "c", "z"])
 
+    def test_keep_holds_the_old_order_under_the_new_names(self):
+        # A closure of `app::release` that became `app::release::run`, with a back-reference
+        # after it shifted; f's suffix renumbered; y and x new; the new trace missed "gone" and
+        # laid the rest out another way.
+        tick = "_RNCNvCsdtIYA4b8sOl_3app7release0"
+        run = "_RNCNvNtCsdtIYA4b8sOl_3app7release3run0"
+        old = self.names("old.txt", "a", tick + "NtB5_4Task", "b", "f.12", "gone", "c")
+        new = self.names("new.txt", "c", "f.15", "b", "x", run + "NtB9_4Task", "a", "y")
+        out = os.path.join(self.dir.name, "kept.txt")
+        subprocess.run([sys.executable, SCRIPT, "--keep", old, new, out], check=True,
+                       capture_output=True)
+        self.assertEqual(words(out),
+                         ["a", "y", run + "NtB9_4Task", "b", "x", "f.15", "gone", "c"])
+
+    def test_keep_does_not_rename_to_a_different_function(self):
+        old = self.names("old.txt", "a", "_RNCNvCsdtIYA4b8sOl_3app7release0")
+        new = self.names("new.txt", "a", "_RNvNtCs7BliBxkEZsN_4core3fmt5write")
+        out = os.path.join(self.dir.name, "kept.txt")
+        subprocess.run([sys.executable, SCRIPT, "--keep", old, new, out], check=True,
+                       capture_output=True)
+        self.assertEqual(words(out), ["a", "_RNvNtCs7BliBxkEZsN_4core3fmt5write",
+                                      "_RNCNvCsdtIYA4b8sOl_3app7release0"])
+
 
 if __name__ == "__main__":
     unittest.main()
