@@ -1,9 +1,9 @@
 //! The release ticker: memory back to the kernel after a burst, and sleep while nothing moves.
 //!
-//! Every [`RELEASE_TICK`] the pages of free buffers go back to the kernel (buffers are leased
-//! only while bytes move, so free ones can go even with connections open), and the heap is
-//! trimmed once when no connection is open after any activity since the last trim, so memory
-//! returns to idle soon after a burst.
+//! Every `RELEASE_TICK` (a second) the pages of free buffers go back to the kernel (buffers
+//! are leased only while bytes move, so free ones can go even with connections open), and the
+//! heap is trimmed once when no connection is open after any activity since the last trim, so
+//! memory returns to idle soon after a burst.
 //!
 //! After [`QUIET_TICKS`] with nothing to do, the ticker sleeps (at most [`QUIET_SLEEP`]) until
 //! [`Stats::ticker`] is poked: by a session opening or closing, or by a data buffer coming
