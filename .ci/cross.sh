@@ -23,6 +23,11 @@ MIPSEL_MINIMAL_MAX=1048576
 # client at idle, tls=0 plus tls=1; cross/idle_rss.py): 3,344 KiB now, with 96 KiB of room; a
 # stale hot-code list (cross/hot-order.sh) adds 64-300 KiB per process.
 IDLE_FILE_MAX_KIB=3440
+# What a burst of 500 held users may add to one process's file pages (KiB): 0 now for all four.
+# A list that puts code only a burst runs in a 64 KiB window the idle process leaves untouched
+# adds a window (a remade list did: the plaintext server 500 -> 564 KiB, 19 % of RSS above idle
+# 3 s after the harness's burst, where the target is 10 %).
+BURST_FILE_MAX_KIB=32
 
 step "hot-code list tools (cross/test_hot_order.py)"
 python3 cross/test_hot_order.py
@@ -37,8 +42,9 @@ rm -rf dist
 # Default profiles: release for x86_64 and aarch64, router for armv7, arm, mipsel and mips.
 cross/build.sh --backend zig "${targets[@]}"
 
-step "idle budget: file pages of the static x86_64 build (cross/idle_rss.py)"
-python3 cross/idle_rss.py --max-file-kib "$IDLE_FILE_MAX_KIB" dist/x86_64-unknown-linux-musl/edgepass
+step "idle and burst budgets: file pages of the static x86_64 build (cross/idle_rss.py)"
+python3 cross/idle_rss.py --max-file-kib "$IDLE_FILE_MAX_KIB" --max-burst-kib "$BURST_FILE_MAX_KIB" \
+  dist/x86_64-unknown-linux-musl/edgepass
 
 step "smoke test under qemu-user"
 # TCP echo (256 KiB) and a UDP datagram, each with tls=0 and tls=1.

@@ -5,17 +5,22 @@
     idle_rss.py BIN --max-file-kib N    also fail (exit 1) when the file pages of all four
                                         processes (server and client, tls=0 and tls=1) sum
                                         to more than N KiB
+    idle_rss.py BIN --max-burst-kib N   also fail when a burst leaves any one process with
+                                        more than N KiB of file pages above its idle figure
 
 For each of tls=0 and tls=1: a server and a client on 127.0.0.1:0, a session, one 32-byte
 echo through the tunnel (the benchmark harness's probe), then the memory of each process
-once it has settled (no change for a second; polled with a deadline).
+once it has settled (no change for a second; polled with a deadline). Then a burst, as the
+harness's `conc` figure makes one: BURST users held open at once through the tunnel, each
+echoing 32 bytes, all closed, and the memory once it has settled again.
 
 The file pages are the code and read-only data the idle tunnel faulted in. They are what
 cross/hot-symbols.txt keeps small: when code changes and the list is not remade
 (cross/hot-order.sh), the idle code spreads over more 64 KiB fault-around windows of the
-binary and this figure grows by 64-200 KiB, while nothing else shows it. The binary should
-be freshly built (all of it in the page cache, so every fault maps its whole window): then
-the figure is the same from run to run.
+binary and this figure grows by 64-200 KiB, while nothing else shows it. The file pages a
+burst adds show the other way a list goes wrong: code only a burst runs, laid out in a window
+the idle process does not touch, stays resident after the burst. Before each start the binary
+is dropped from the page cache (as after a boot), so the figures repeat from run to run.
 """
 
 import argparse
@@ -34,12 +39,13 @@ import smoke_util  # beside this file: the echo round trip of cross/smoke.sh
 
 DEADLINE = 20.0  # seconds for any one wait
 POLL = 0.05
+BURST = 500  # users held at once in the burst
 
 
 def echo_target():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    s.listen(16)
+    s.listen(BURST + 16)  # the burst dials it all at once
 
     def serve(c):
         with c:
@@ -124,6 +130,30 @@ def probe(port):
         sys.exit(f"idle_rss: no echo through the tunnel on port {port}")
 
 
+def burst(port):
+    """BURST users open at once through the tunnel, each echoed 32 bytes, then all closed."""
+    users = []
+    try:
+        for _ in range(BURST):
+            users.append(socket.create_connection(("127.0.0.1", port), timeout=DEADLINE))
+        for i, u in enumerate(users):
+            u.sendall(i.to_bytes(32, "big"))
+        for i, u in enumerate(users):
+            got = b""
+            while len(got) < 32:
+                chunk = u.recv(32 - len(got))
+                if not chunk:
+                    sys.exit(f"idle_rss: user {i} of the burst closed before its echo")
+                got += chunk
+            if got != i.to_bytes(32, "big"):
+                sys.exit(f"idle_rss: user {i} of the burst got another user's bytes")
+    except OSError as e:
+        sys.exit(f"idle_rss: the burst failed after {len(users)} users: {e}")
+    finally:
+        for u in users:
+            u.close()
+
+
 def evict(path):
     """Drop the binary's pages from the page cache, so that this run reads it as a fresh start
     does. The pages a fault maps around it depend on how the file came into the cache: right
@@ -147,7 +177,9 @@ def one_run(binary, tls, target):
         roles.append(client)
         client.wait_for("session up")
         probe(pub)
-        return settled(roles)
+        idle = settled(roles)
+        burst(pub)
+        return idle, settled(roles)
     finally:
         for r in roles:
             r.stop()
@@ -158,27 +190,42 @@ def main():
     ap.add_argument("binary")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-file-kib", type=int)
+    ap.add_argument("--max-burst-kib", type=int)
     a = ap.parse_args()
     if not os.access(a.binary, os.X_OK):
         sys.exit(f"idle_rss: {a.binary} is not an executable")
     target = echo_target()
-    total = 0
-    print("idle RSS, KiB (median of %d)   file pages   anonymous" % a.runs)
+    total, growth = 0, []
+    print(f"RSS, KiB (median of {a.runs})   idle: file pages  anonymous"
+          f"   after {BURST} held: file pages  anonymous")
     for tls in (0, 1):
         runs = [one_run(a.binary, tls, target) for _ in range(a.runs)]
         for i, role in enumerate(("server", "client")):
-            file_kib = int(statistics.median(r[i][0] for r in runs))
-            anon_kib = int(statistics.median(r[i][1] for r in runs))
-            spread = sorted({r[i][0] for r in runs})
-            total += file_kib
-            print(f"  tls={tls} {role:<6} {file_kib:>22} {anon_kib:>11}   (file pages seen: {spread})")
-    print(f"  file pages, all four: {total} KiB")
+            idle_file, idle_anon, after_file, after_anon = (
+                int(statistics.median(r[when][i][kind] for r in runs))
+                for when, kind in ((0, 0), (0, 1), (1, 0), (1, 1)))
+            spread = sorted({r[0][i][0] for r in runs})
+            total += idle_file
+            growth.append((f"tls={tls} {role}", after_file - idle_file))
+            print(f"  tls={tls} {role:<6} {idle_file:>22} {idle_anon:>10} {after_file:>23}"
+                  f" {after_anon:>10}   (idle file pages seen: {spread})")
+    print(f"  idle file pages, all four: {total} KiB")
+    failed = False
     if a.max_file_kib is not None and total > a.max_file_kib:
         print(f"idle_rss: the idle tunnel faults in {total} KiB of the binary, more than the "
               f"{a.max_file_kib} KiB budget. If code that runs at idle changed, remake the "
               "hot-code list: bash cross/hot-order.sh (cross/README.md)", file=sys.stderr)
+        failed = True
+    for who, kib in growth:
+        if a.max_burst_kib is not None and kib > a.max_burst_kib:
+            print(f"idle_rss: after a burst the {who} keeps {kib} KiB more of the binary than "
+                  f"idle, more than the {a.max_burst_kib} KiB budget: the hot-code list puts "
+                  "code a burst runs in a window the idle process does not touch. Remake it "
+                  "(bash cross/hot-order.sh), or keep the last list's layout under the new "
+                  "names (hot_order.py --keep; cross/README.md)", file=sys.stderr)
+            failed = True
+    if failed:
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()
