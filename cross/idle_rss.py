@@ -227,5 +227,6 @@ def main():
     if failed:
         sys.exit(1)
 
+
 if __name__ == "__main__":
     main()
