@@ -116,9 +116,9 @@ def shape(name):
 def keep(old, new):
     """`old`'s order, with its names renamed as `new` names them, and `new`'s other names
     merged in."""
-    known = set(new)
-    gone = [n for n in old if n not in known]
-    fresh = [n for n in new if n not in set(old)]
+    known_new, known_old = set(new), set(old)
+    gone = [n for n in old if n not in known_new]
+    fresh = [n for n in new if n not in known_old]
     by_shape = {}
     for n in fresh:
         by_shape.setdefault(shape(n), []).append(n)
@@ -127,15 +127,23 @@ def keep(old, new):
         same = by_shape.get(shape(n))
         if same:
             renamed[n] = same.pop(0)
-    left = [n for n in fresh if n not in set(renamed.values())]
+    taken = set(renamed.values())
+    left = [n for n in fresh if n not in taken]
     for n in gone:
         if n in renamed or not left:
             continue
-        best = max(left, key=lambda m: difflib.SequenceMatcher(None, n, m).ratio())
-        if difflib.SequenceMatcher(None, n, best).ratio() >= RENAMED:
+        ratios = ((difflib.SequenceMatcher(None, n, m).ratio(), m) for m in left)
+        ratio, best = max(ratios, key=lambda r: r[0])  # the first of equals, in NEW's order
+        if ratio >= RENAMED:
             renamed[n] = best
             left.remove(best)
     return merge([renamed.get(n, n) for n in old], new), renamed
+
+
+def write_list(path, order):
+    """One symbol per line, as lld's --symbol-ordering-file reads it."""
+    with open(path, "w") as f:
+        f.write("\n".join(order) + "\n")
 
 
 # The program's entry point (musl's crt1.o / rcrt1.o), laid out first.
@@ -143,21 +151,19 @@ ENTRY = "_start"
 
 
 def main():
-    if sys.argv[1] == "--keep":
-        old, new = (open(p).read().split() for p in sys.argv[2:4])
-        order, renamed = keep(old, new)
-        for a, b in renamed.items():
-            print(f"renamed: {a}\n      -> {b}")
-        with open(sys.argv[4], "w") as f:
-            f.write("\n".join(order) + "\n")
-        print(f"{len(order)} symbols ({len(renamed)} renamed, {len(order) - len(old)} new) -> {sys.argv[4]}")
-        return
-    if sys.argv[1] == "--merge":
-        base, extra = (open(p).read().split() for p in sys.argv[2:4])
-        order = merge(base, extra)
-        with open(sys.argv[4], "w") as f:
-            f.write("\n".join(order) + "\n")
-        print(f"{len(order)} symbols ({len(order) - len(base)} from the second build) -> {sys.argv[4]}")
+    if sys.argv[1] in ("--keep", "--merge"):
+        first, second = (open(p).read().split() for p in sys.argv[2:4])
+        out = sys.argv[4]
+        if sys.argv[1] == "--keep":
+            order, renamed = keep(first, second)
+            for a, b in renamed.items():
+                print(f"renamed: {a}\n      -> {b}")
+            what = f"{len(renamed)} renamed, {len(order) - len(first)} new"
+        else:
+            order = merge(first, second)
+            what = f"{len(order) - len(first)} from the second build"
+        write_list(out, order)
+        print(f"{len(order)} symbols ({what}) -> {out}")
         return
     map_path, out_path = sys.argv[1], sys.argv[2]
     profiles = sys.argv[3:]
@@ -228,8 +234,7 @@ def main():
             if name not in seen:
                 seen.add(name)
                 order.append(name)
-    with open(out_path, "w") as f:
-        f.write("\n".join(order) + "\n")
+    write_list(out_path, order)
     print(f"{len(order)} symbols of {len(syms)} -> {out_path}")
 
 
