@@ -139,12 +139,9 @@ def burst(port):
         for i, u in enumerate(users):
             u.sendall(i.to_bytes(32, "big"))
         for i, u in enumerate(users):
-            got = b""
-            while len(got) < 32:
-                chunk = u.recv(32 - len(got))
-                if not chunk:
-                    sys.exit(f"idle_rss: user {i} of the burst closed before its echo")
-                got += chunk
+            got = smoke_util.recv_at_least(u, 32)
+            if len(got) < 32:
+                sys.exit(f"idle_rss: user {i} of the burst closed before its echo")
             if got != i.to_bytes(32, "big"):
                 sys.exit(f"idle_rss: user {i} of the burst got another user's bytes")
     except OSError as e:

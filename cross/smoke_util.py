@@ -114,6 +114,18 @@ def wait_listen(port, timeout, pid=None):
     return 1
 
 
+def recv_at_least(s, n):
+    """Bytes from socket s until n have come or the peer closed; what arrived beyond n in the
+    same reads is kept, so a caller comparing the bytes sees it."""
+    got = bytearray()
+    while len(got) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
 def one_roundtrip(port, payload, timeout):
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.settimeout(timeout)
@@ -127,16 +139,11 @@ def one_roundtrip(port, payload, timeout):
 
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        got = bytearray()
-        while len(got) < len(payload):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = recv_at_least(s, len(payload))
         sender.join(timeout)
         if errors:
             raise errors[0]
-        return bytes(got)
+        return got
 
 
 def roundtrip(port, timeout, nbytes):
