@@ -147,7 +147,7 @@ impl Client {
                     attempt = 0;
                 }
                 // Only a plaintext attempt can be told to switch, and only up: the hint is not
-                // authenticated, the mode is (the `challenge` on the TLS connection proves it).
+                // authenticated, the mode is (both proofs on the TLS connection cover it).
                 Err(Error::Proto(ProtoError::NeedTls(mode)))
                     if inner.tls.load(Relaxed) == 0 && mode != 0 =>
                 {

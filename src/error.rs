@@ -11,8 +11,10 @@ use crate::signal::SignalError;
 pub enum ProtoError {
     /// A line that parsed but was not expected at this point.
     Unexpected(&'static str),
-    /// The peer's proof did not verify: it does not know the key.
+    /// The client's proof did not verify: it does not know the key.
     BadProof,
+    /// The server's proof did not verify: it is not the server that holds our key.
+    ServerProof,
     /// The server named a certificate that is not the one we received.
     FingerprintMismatch,
     /// The server's TLS mode differs from the transport the client is on.
@@ -30,10 +32,15 @@ impl fmt::Display for ProtoError {
         match self {
             ProtoError::Unexpected(what) => write!(f, "unexpected message: {what}"),
             ProtoError::BadProof => f.write_str("authentication failed (wrong key)"),
+            ProtoError::ServerProof => {
+                f.write_str("server failed authentication (it does not hold our key)")
+            }
             ProtoError::FingerprintMismatch => {
                 f.write_str("certificate fingerprint mismatch (man in the middle?)")
             }
             ProtoError::TlsMismatch => f.write_str("TLS mode mismatch (downgrade attempt?)"),
+            // The client proves first, so a wrong key is learned from this refusal.
+            ProtoError::Refused(202) => f.write_str("refused: permission denied (202), wrong key?"),
             ProtoError::Refused(code) => write!(f, "refused: {} ({code})", status_text(*code)),
             ProtoError::UnknownSession => f.write_str("no such session"),
             ProtoError::NeedTls(mode) => write!(f, "server requires tls={mode}"),

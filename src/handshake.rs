@@ -19,9 +19,9 @@ pub struct Hello {
     pub sid: Option<[u8; SID_LEN]>,
 }
 
-/// Server side: read `hello`, send `challenge`, read and check `auth`. On a wrong proof the
-/// client is told `err 202` and the error is returned for the log. Only the tunnel's kinds
-/// (`ctl`, `pool`) are accepted; a relay kind is told `err 401`.
+/// Server side: read `hello`, send `challenge`, read and check `auth`, then prove the key with
+/// `proof`. On a wrong proof the client is told `err 202` and the error is returned for the log.
+/// Only the tunnel's kinds (`ctl`, `pool`) are accepted; a relay kind is told `err 401`.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     lines: &mut LineReader,
@@ -35,7 +35,11 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// [`accept`] with the key chosen by the connection's kind (the relay proves the device key
 /// to devices and the visit key to visitors). `pick` returning `None` refuses the kind with
-/// `err 401` before any proof is made.
+/// `err 401` before anything else is sent.
+///
+/// The client proves first. The tunnel port faces everyone, so nothing the server sends before
+/// a valid `auth` depends on the key: an outsider gets a nonce and `err 202`, never a proof to
+/// guess the key against offline.
 pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     lines: &mut LineReader,
@@ -59,16 +63,7 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
         tls,
         fp,
     };
-    send(
-        s,
-        &Signal::Challenge {
-            snonce,
-            tls,
-            fp,
-            proof: t.server_proof(key),
-        },
-    )
-    .await?;
+    send(s, &Signal::Challenge { snonce, tls, fp }).await?;
     let (proof, sid) = match lines.next(s).await? {
         Signal::Auth { proof, sid } => (proof, sid),
         _ => return Err(ProtoError::Unexpected("expected auth").into()),
@@ -79,6 +74,13 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
         refuse(s, 202, "permission denied").await;
         return Err(ProtoError::BadProof.into());
     }
+    send(
+        s,
+        &Signal::Proof {
+            proof: t.server_proof(key),
+        },
+    )
+    .await?;
     Ok(Hello { kind, sid })
 }
 
@@ -87,9 +89,11 @@ pub async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, code: u16, text: &str) {
     let _ = send(s, &Signal::Err { code, text }).await;
 }
 
-/// Client side: send `hello`, check the server's `challenge` (proof, TLS mode, certificate
-/// fingerprint), send `auth`. `tls` is the mode of the transport we are on and `seen_fp` the
-/// SHA-256 of the certificate the TLS handshake showed us.
+/// Client side: send `hello`, check the server's `challenge` (TLS mode and certificate
+/// fingerprint against the transport we are on), send `auth`, then check the server's `proof`.
+/// `tls` is the mode of the transport and `seen_fp` the SHA-256 of the certificate the TLS
+/// handshake showed us. A challenge that does not match the transport is refused before we
+/// prove anything, so a man in the middle with its own certificate gets no proof at all.
 pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     lines: &mut LineReader,
@@ -101,17 +105,18 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<()> {
     let cnonce = auth::random::<NONCE_LEN>();
     send(s, &Signal::Hello { kind, cnonce }).await?;
-    let (snonce, their_tls, fp, proof) = match lines.next(s).await? {
-        Signal::Challenge {
-            snonce,
-            tls,
-            fp,
-            proof,
-        } => (snonce, tls, fp, proof),
+    let (snonce, their_tls, fp) = match lines.next(s).await? {
+        Signal::Challenge { snonce, tls, fp } => (snonce, tls, fp),
         Signal::UseTls { mode } => return Err(ProtoError::NeedTls(mode).into()),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected challenge").into()),
     };
+    if their_tls != tls {
+        return Err(ProtoError::TlsMismatch.into());
+    }
+    if tls != 0 && (fp.is_none() || fp != seen_fp) {
+        return Err(ProtoError::FingerprintMismatch.into());
+    }
     let t = Transcript {
         kind: auth::kind_token(kind),
         cnonce,
@@ -119,15 +124,6 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         tls: their_tls,
         fp,
     };
-    if !t.verify_server(key, &proof) {
-        return Err(ProtoError::BadProof.into());
-    }
-    if their_tls != tls {
-        return Err(ProtoError::TlsMismatch.into());
-    }
-    if tls != 0 && (fp.is_none() || fp != seen_fp) {
-        return Err(ProtoError::FingerprintMismatch.into());
-    }
     send(
         s,
         &Signal::Auth {
@@ -135,5 +131,11 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             sid,
         },
     )
-    .await
+    .await?;
+    match lines.next(s).await? {
+        Signal::Proof { proof } if t.verify_server(key, &proof) => Ok(()),
+        Signal::Proof { .. } => Err(ProtoError::ServerProof.into()),
+        Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),
+        _ => Err(ProtoError::Unexpected("expected proof").into()),
+    }
 }

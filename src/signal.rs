@@ -40,7 +40,7 @@ pub enum Signal<'a> {
         /// The client's fresh nonce.
         cnonce: [u8; NONCE_LEN],
     },
-    /// Server answers: `challenge <snonce> <tls> <fp|-> <proof>`.
+    /// Server answers: `challenge <snonce> <tls> <fp|->`. Nothing in it depends on the key.
     Challenge {
         /// The server's fresh nonce.
         snonce: [u8; NONCE_LEN],
@@ -48,8 +48,6 @@ pub enum Signal<'a> {
         tls: u8,
         /// SHA-256 of the server's certificate (DER) when `tls` is 1 or 2.
         fp: Option<[u8; MAC_LEN]>,
-        /// HMAC proving the server knows the key.
-        proof: [u8; MAC_LEN],
     },
     /// A plaintext client reached a TLS-only listener: `tls <mode>`. Unauthenticated hint.
     UseTls {
@@ -62,6 +60,11 @@ pub enum Signal<'a> {
         proof: [u8; MAC_LEN],
         /// The session a pool connection joins; `None` for a control connection.
         sid: Option<[u8; SID_LEN]>,
+    },
+    /// Server proves the key, only after the client's proof checked out: `proof <proof>`.
+    Proof {
+        /// HMAC proving the server knows the key.
+        proof: [u8; MAC_LEN],
     },
     /// Server accepts a control connection: `session <sid> <flow> <max> <proto>`.
     Session {
@@ -235,8 +238,9 @@ impl<'a> Signal<'a> {
     /// ```
     pub fn encode(&self) -> Line {
         let mut line = Line::new();
-        // Every line is shorter than MAX_LINE by construction (the longest, `challenge`, is
-        // 175 bytes; `err` at most 209), so the pushes below cannot run out of room.
+        // Every line is shorter than MAX_LINE by construction (`err` is at most 209 bytes;
+        // `challenge`, the longest of the handshake, 109), so the pushes below cannot run out
+        // of room.
         match *self {
             Signal::Hello { kind, cnonce } => {
                 put(&mut line, b"hello ");
@@ -244,12 +248,7 @@ impl<'a> Signal<'a> {
                 put(&mut line, b" ");
                 push_hex(&mut line, &cnonce);
             }
-            Signal::Challenge {
-                snonce,
-                tls,
-                fp,
-                proof,
-            } => {
+            Signal::Challenge { snonce, tls, fp } => {
                 put(&mut line, b"challenge ");
                 push_hex(&mut line, &snonce);
                 let _ = write!(line, " {} ", tls.min(2));
@@ -257,8 +256,6 @@ impl<'a> Signal<'a> {
                     Some(fp) => push_hex(&mut line, &fp),
                     None => put(&mut line, b"-"),
                 }
-                put(&mut line, b" ");
-                push_hex(&mut line, &proof);
             }
             Signal::UseTls { mode } => {
                 let _ = write!(line, "tls {}", mode.clamp(1, 2));
@@ -271,6 +268,10 @@ impl<'a> Signal<'a> {
                     Some(sid) => push_hex(&mut line, &sid),
                     None => put(&mut line, b"-"),
                 }
+            }
+            Signal::Proof { proof } => {
+                put(&mut line, b"proof ");
+                push_hex(&mut line, &proof);
             }
             Signal::Session {
                 sid,
@@ -395,13 +396,7 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
                 _ => return Err(bad("bad tls mode")),
             };
             let fp = hex_or_dash(t.next()?)?;
-            let proof = hex(t.next()?)?;
-            Signal::Challenge {
-                snonce,
-                tls,
-                fp,
-                proof,
-            }
+            Signal::Challenge { snonce, tls, fp }
         }
         b"tls" => {
             let mode = match t.next()? {
@@ -416,6 +411,9 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
             let sid = hex_or_dash(t.next()?)?;
             Signal::Auth { proof, sid }
         }
+        b"proof" => Signal::Proof {
+            proof: hex(t.next()?)?,
+        },
         b"session" => {
             let sid = hex(t.next()?)?;
             let forward = match t.next()? {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -53,15 +53,25 @@ async fn read_until_closed(s: &mut Async<TcpStream>) -> Vec<u8> {
 }
 
 /// Read the server's answer to our `auth` and the close after it; returns the `err` code.
+/// The server proves the key (`proof`) only to a client whose own proof checked out: a refusal
+/// for a later reason (a made-up session) may follow a `proof`, a wrong proof never does.
 async fn refusal_code(s: &mut Async<TcpStream>, lines: &mut LineReader) -> u16 {
-    let code = match within(CLOSE_BOUND, lines.next(s))
-        .await
-        .expect("no answer to auth")
-        .expect("bad answer to auth")
-    {
-        Signal::Err { code, .. } => code,
-        other => panic!("forged connection was accepted: {other:?}"),
+    let mut proved = false;
+    let code = loop {
+        match within(CLOSE_BOUND, lines.next(s))
+            .await
+            .expect("no answer to auth")
+            .expect("bad answer to auth")
+        {
+            Signal::Proof { .. } if !proved => proved = true,
+            Signal::Err { code, .. } => break code,
+            other => panic!("forged connection was accepted: {other:?}"),
+        }
     };
+    assert!(
+        !(proved && code == 202),
+        "the server proved the key to a client with a wrong proof"
+    );
     assert_eq!(read_until_closed(s).await, b"", "bytes after the err line");
     code
 }
@@ -254,4 +264,74 @@ fn forged_pool_connections_are_refused() {
             assert_flows(&t, seed).await;
         }
     });
+}
+
+/// A client proves the key only to a challenge that matches its transport, and takes nothing
+/// from a server whose proof does not verify: an impostor on the server's address (here a
+/// listener that speaks the handshake without the key) never gets a session going.
+#[test]
+fn client_refuses_an_impostor_server() {
+    smol::block_on(async {
+        let l = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+        let addr = l.get_ref().local_addr().expect("addr");
+        let client = start_env(&format!("client://s3cret@{addr}/127.0.0.1:9"), FAST).await;
+        let challenge = |tls, fp| Signal::Challenge {
+            snonce: auth::random(),
+            tls,
+            fp,
+        };
+
+        // A challenge claiming TLS on a plaintext connection: refused before any proof.
+        let (mut s, _) = accept_hello(&l, Kind::Ctl).await;
+        send(&mut s, &challenge(1, Some([7; 32])))
+            .await
+            .expect("send");
+        assert_eq!(read_until_closed(&mut s).await, b"", "the client proved");
+
+        // A matching challenge: the client proves, then refuses the impostor's proof and the
+        // session offered after it.
+        let (mut s, mut lines) = accept_hello(&l, Kind::Ctl).await;
+        send(&mut s, &challenge(0, None)).await.expect("send");
+        match within(CLOSE_BOUND, lines.next(&mut s)).await {
+            Some(Ok(Signal::Auth { sid: None, .. })) => {}
+            other => panic!("expected auth, got {other:?}"),
+        }
+        let session = Signal::Session {
+            sid: auth::random(),
+            forward: false,
+            max: 8,
+            tcp: true,
+            udp: false,
+        };
+        send(&mut s, &Signal::Proof { proof: [9; 32] })
+            .await
+            .expect("send");
+        send(&mut s, &session).await.expect("send");
+        assert_eq!(read_until_closed(&mut s).await, b"", "the client went on");
+
+        // It tries again later with a control connection, never with a pool one.
+        accept_hello(&l, Kind::Ctl).await;
+        assert_eq!(
+            client
+                .stats
+                .pool_size
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        client.stop().await;
+    });
+}
+
+/// Accept one connection on `l` and read its `hello`, which must be of `kind`.
+async fn accept_hello(l: &Async<TcpListener>, kind: Kind) -> (Async<TcpStream>, LineReader) {
+    let (mut s, _) = within(WAIT, l.accept())
+        .await
+        .expect("the client did not dial")
+        .expect("accept");
+    let mut lines = LineReader::new();
+    match within(CLOSE_BOUND, lines.next(&mut s)).await {
+        Some(Ok(Signal::Hello { kind: k, .. })) if k == kind => {}
+        other => panic!("expected hello {kind:?}, got {other:?}"),
+    }
+    (s, lines)
 }

@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepass::auth::Key;
-use edgepass::lines::send;
 use edgepass::signal::{Kind, Signal};
 use smol::io::AsyncReadExt;
 use smol::Async;
@@ -111,10 +109,7 @@ fn new_client_replaces_a_silent_session() {
 
         // The silent one: authenticates a control connection by hand, then never speaks.
         let (mut old, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
-        let proof = tr.client_proof(&Key::new(b"s3cret"), None);
-        send(&mut old, &Signal::Auth { proof, sid: None })
-            .await
-            .expect("send auth");
+        authenticate(&mut old, &mut lines, &tr, "s3cret", None).await;
         match within(WAIT, lines.next(&mut old)).await.expect("no reply") {
             Ok(Signal::Session { .. }) => {}
             other => panic!("expected a session, got {other:?}"),

@@ -156,7 +156,8 @@ async fn connect(relay: SocketAddr, key: &str, name: &str) -> Reply {
     reply(&mut conn, &mut lines).await
 }
 
-/// A peer that does not check the relay's proof and answers with a proof made with `key`.
+/// A peer that answers the challenge with a proof made with `key` (one the relay does not take
+/// for `kind`): the relay's answer.
 async fn raw_auth(relay: SocketAddr, key: &str, kind: Kind) -> Reply {
     let (s, mut lines, t) = raw_hello(relay, kind).await;
     let mut conn = Conn::Plain(s);
@@ -253,12 +254,13 @@ fn wrong_key_gives_202() {
         );
         // The relay counts a failed handshake after it has answered: wait for the count.
         wait_until("two 202s counted", || relay.stats.refused(202) == 2).await;
-        // An honest peer with the wrong key stops at the relay's proof and sends nothing.
+        // An honest peer with the wrong key is told so, and gets no proof from the relay.
         let e = dial(relay.addr, "wrong", Kind::Reserve)
             .await
             .err()
             .unwrap();
-        assert!(e.to_string().contains("wrong key"), "{e}");
+        assert!(e.to_string().contains("(202), wrong key?"), "{e}");
+        wait_until("three 202s counted", || relay.stats.refused(202) == 3).await;
         // A plain tunnel client (no name=) is told at once that `ctl` is not served here.
         let e = dial(relay.addr, "k", Kind::Ctl).await.err().unwrap();
         assert!(e.to_string().contains("(401)"), "{e}");

@@ -230,26 +230,15 @@ fn forward_flow_reuses_the_clients_queue() {
 
 /// A hand-made client that authenticates a session and one pool connection with `key`.
 async fn fake_pool(tunnel: SocketAddr, key: &str) -> (Async<TcpStream>, Async<TcpStream>, u32) {
-    use edgepass::auth::Key;
-    use edgepass::lines::send;
     use edgepass::signal::{Kind, Signal};
-    let key = Key::new(key.as_bytes());
     let (mut ctl, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
-    let proof = tr.client_proof(&key, None);
-    send(&mut ctl, &Signal::Auth { proof, sid: None })
-        .await
-        .expect("auth");
+    authenticate(&mut ctl, &mut lines, &tr, key, None).await;
     let sid = match within(WAIT, lines.next(&mut ctl)).await.expect("no reply") {
         Ok(Signal::Session { sid, .. }) => sid,
         other => panic!("expected a session, got {other:?}"),
     };
     let (mut pool, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
-    let proof = tr.client_proof(&key, Some(sid));
-    let auth = Signal::Auth {
-        proof,
-        sid: Some(sid),
-    };
-    send(&mut pool, &auth).await.expect("auth");
+    authenticate(&mut pool, &mut lines, &tr, key, Some(sid)).await;
     let id = match within(WAIT, lines.next(&mut pool)).await.expect("no reply") {
         Ok(Signal::Pooled { id }) => id,
         other => panic!("expected pooled, got {other:?}"),

@@ -1,6 +1,7 @@
 //! Fuzzes the server side of the handshake (`handshake::accept`) with arbitrary client bytes
 //! over an in-memory stream: no panic, no hang, never an authenticated result without the key,
-//! and what the server writes is at most a well-formed `challenge` and an `err` line.
+//! and what the server writes is at most a well-formed `challenge` and an `err` line: never a
+//! `proof`, which would give a key guesser something to check guesses against offline.
 #![no_main]
 
 use std::io;
@@ -77,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     // The stream never returns Pending, so this finishes in one pass.
     let res = smol::block_on(handshake::accept(&mut s, &mut lines, &key, 0, None));
     assert!(res.is_err(), "authenticated without the key: {res:?}");
-    // Output: nothing, or a challenge, optionally followed by `err 202`.
+    // Output: nothing, or a challenge, optionally followed by `err 202`; never a `proof`.
     let mut out = &s.out[..];
     let mut n = 0;
     while !out.is_empty() {

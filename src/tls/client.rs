@@ -262,7 +262,8 @@ pub fn describe(e: &io::Error, peer: &str) -> String {
 
 /// tls=1: any certificate passes the TLS handshake, whose signature must still verify against
 /// it (so the certificate shown is really held by the peer). The certificate is then pinned by
-/// the authenticated `challenge`: its fingerprint must equal the one the server proves.
+/// the handshake: its fingerprint must equal the one in the `challenge`, which the server's
+/// proof covers.
 #[derive(Debug)]
 struct AcceptAnyCert {
     algs: WebPkiSupportedAlgorithms,

@@ -11,11 +11,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgepass::auth::{self, Transcript};
+use edgepass::auth::{self, Key, Transcript};
 use edgepass::config::{self, Config};
 use edgepass::lines::{send, LineReader};
 use edgepass::shutdown::Shutdown;
-use edgepass::signal::{Kind, Signal, NONCE_LEN};
+use edgepass::signal::{Kind, Signal, NONCE_LEN, SID_LEN};
 use edgepass::stats::Stats;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::{Async, Task, Timer};
@@ -260,6 +260,26 @@ pub async fn raw_hello(
         other => panic!("expected a challenge, got {other:?}"),
     };
     (s, lines, t)
+}
+
+/// Finish a [`raw_hello`]: send `auth` with `key`'s proof (naming `sid` on a pool connection)
+/// and check the `proof` the server answers with.
+pub async fn authenticate(
+    s: &mut Async<TcpStream>,
+    lines: &mut LineReader,
+    tr: &Transcript<'_>,
+    key: &str,
+    sid: Option<[u8; SID_LEN]>,
+) {
+    let key = Key::new(key.as_bytes());
+    let proof = tr.client_proof(&key, sid);
+    send(s, &Signal::Auth { proof, sid })
+        .await
+        .expect("send auth");
+    match within(WAIT, lines.next(s)).await.expect("no proof") {
+        Ok(Signal::Proof { proof }) => assert!(tr.verify_server(&key, &proof), "bad proof"),
+        other => panic!("expected the server's proof, got {other:?}"),
+    }
 }
 
 /// Connect, send `data`, half-close, and read everything back (writing and reading at once,
