@@ -13,7 +13,7 @@ use smol::io::AsyncWriteExt;
 use smol::Timer;
 
 use crate::arena::Arena;
-use crate::auth::Key;
+use crate::auth::Secret;
 use crate::chunk::{ChunkError, Dechunk};
 use crate::config::Config;
 use crate::control::{Control, End, Handler};
@@ -48,7 +48,7 @@ const MAX_DIALING: usize = server::MAX_PENDING / 2;
 
 pub(crate) struct Inner {
     pub(crate) cfg: Config,
-    key: Key,
+    key: Secret,
     pub(crate) stats: Arc<Stats>,
     pub(crate) arena: Arc<Arena>,
     /// Buffers for UDP flows (`None`: UDP off).
@@ -189,7 +189,7 @@ impl Inner {
         #[cfg(not(feature = "tls"))]
         let tls_floor = 0;
         Ok(Inner {
-            key: Key::new(&cfg.key_bytes()),
+            key: Secret::new(&cfg.key_bytes()),
             stats,
             arena,
             udp_arena,

@@ -5,7 +5,7 @@
 
 use smol::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::{self, Key, Transcript};
+use crate::auth::{self, Key, Secret, Transcript};
 use crate::error::{ProtoError, Result};
 use crate::lines::{send, LineReader};
 use crate::signal::{Kind, Signal, MAC_LEN, NONCE_LEN, SID_LEN};
@@ -21,15 +21,16 @@ pub struct Hello {
 
 /// Server side: read `hello`, send `challenge`, read and check `auth`, then prove the key with
 /// `proof`. On a wrong proof the client is told `err 202` and the error is returned for the log.
-/// Only the tunnel's kinds (`ctl`, `pool`) are accepted; a relay kind is told `err 401`.
+/// Only the tunnel's kinds (`ctl`, `pool`) are accepted; a relay kind is told `err 401`, and
+/// so is every kind without a `key`.
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     lines: &mut LineReader,
-    key: &Key,
+    key: Option<&Key>,
     tls: u8,
     fp: Option<[u8; MAC_LEN]>,
 ) -> Result<Hello> {
-    let pick = |kind| matches!(kind, Kind::Ctl | Kind::Pool).then_some(key);
+    let pick = |kind| key.filter(|_| matches!(kind, Kind::Ctl | Kind::Pool));
     accept_keyed(s, lines, &pick, tls, fp).await
 }
 
@@ -56,14 +57,25 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
         return Err(ProtoError::Unexpected("connection kind not served here").into());
     };
     let snonce = auth::random::<NONCE_LEN>();
+    let salt = key.salt();
     let t = Transcript {
         kind: auth::kind_token(kind),
         cnonce,
         snonce,
+        salt,
         tls,
         fp,
     };
-    send(s, &Signal::Challenge { snonce, tls, fp }).await?;
+    send(
+        s,
+        &Signal::Challenge {
+            snonce,
+            salt,
+            tls,
+            fp,
+        },
+    )
+    .await?;
     let (proof, sid) = match lines.next(s).await? {
         Signal::Auth { proof, sid } => (proof, sid),
         _ => return Err(ProtoError::Unexpected("expected auth").into()),
@@ -90,14 +102,15 @@ pub async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, code: u16, text: &str) {
 }
 
 /// Client side: send `hello`, check the server's `challenge` (TLS mode and certificate
-/// fingerprint against the transport we are on), send `auth`, then check the server's `proof`.
+/// fingerprint against the transport we are on), send `auth` with the key stretched with the
+/// challenge's salt, then check the server's `proof`.
 /// `tls` is the mode of the transport and `seen_fp` the SHA-256 of the certificate the TLS
 /// handshake showed us. A challenge that does not match the transport is refused before we
 /// prove anything, so a man in the middle with its own certificate gets no proof at all.
 pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     lines: &mut LineReader,
-    key: &Key,
+    secret: &Secret,
     kind: Kind,
     sid: Option<[u8; SID_LEN]>,
     tls: u8,
@@ -105,8 +118,13 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<()> {
     let cnonce = auth::random::<NONCE_LEN>();
     send(s, &Signal::Hello { kind, cnonce }).await?;
-    let (snonce, their_tls, fp) = match lines.next(s).await? {
-        Signal::Challenge { snonce, tls, fp } => (snonce, tls, fp),
+    let (snonce, salt, their_tls, fp) = match lines.next(s).await? {
+        Signal::Challenge {
+            snonce,
+            salt,
+            tls,
+            fp,
+        } => (snonce, salt, tls, fp),
         Signal::UseTls { mode } => return Err(ProtoError::NeedTls(mode).into()),
         Signal::Err { code, .. } => return Err(ProtoError::Refused(code).into()),
         _ => return Err(ProtoError::Unexpected("expected challenge").into()),
@@ -117,10 +135,12 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     if tls != 0 && (fp.is_none() || fp != seen_fp) {
         return Err(ProtoError::FingerprintMismatch.into());
     }
+    let key = &secret.key(salt);
     let t = Transcript {
         kind: auth::kind_token(kind),
         cnonce,
         snonce,
+        salt,
         tls: their_tls,
         fp,
     };

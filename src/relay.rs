@@ -98,9 +98,9 @@ impl Relay {
         #[cfg(feature = "tls")]
         let tls = crate::tls::ServerTls::new(&cfg)?;
         let listener = net::listen(&cfg.tunnel, &cfg.tuning).await?;
-        let device_key = Key::new(&cfg.key_bytes());
+        let device_key = Key::fresh(&cfg.key_bytes());
         let visit_key = match &cfg.relay.visit_key {
-            Some(k) => Key::new(k.as_bytes()),
+            Some(k) => Key::fresh(k.as_bytes()),
             None => device_key.clone(),
         };
         let inner = Arc::new(Inner {

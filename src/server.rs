@@ -109,7 +109,8 @@ impl Session {
 
 pub(crate) struct Inner {
     pub cfg: Config,
-    pub key: Key,
+    /// `None` for the ingress of a forward-flow client, which authenticates nobody.
+    pub key: Option<Key>,
     pub stats: Arc<Stats>,
     pub arena: Arc<Arena>,
     pub shutdown: Shutdown,
@@ -138,13 +139,13 @@ impl Inner {
         arena: Arc<Arena>,
         shutdown: Shutdown,
     ) -> Arc<Inner> {
-        // The key is never used: the ingress authenticates nobody.
-        Inner::new(cfg, Key::new(b""), stats, arena, shutdown, None, None)
+        // No key: the ingress authenticates nobody.
+        Inner::new(cfg, None, stats, arena, shutdown, None, None)
     }
 
     fn new(
         cfg: Config,
-        key: Key,
+        key: Option<Key>,
         stats: Arc<Stats>,
         arena: Arc<Arena>,
         shutdown: Shutdown,
@@ -245,7 +246,7 @@ impl Server {
         };
         #[cfg(not(feature = "udp"))]
         drop(udp_arena);
-        let key = Key::new(&cfg.key_bytes());
+        let key = Some(Key::fresh(&cfg.key_bytes()));
         #[cfg(not(feature = "tls"))]
         let tls = None;
         let inner = Inner::new(cfg, key, stats, arena, shutdown, egress, tls);
@@ -374,7 +375,7 @@ async fn tunnel_conn(
         #[cfg(not(feature = "tls"))]
         let handle: Option<&TlsHandle> = None;
         let (mut conn, tls, fp) = transport(handle, s, &mut lines).await?;
-        let hello = handshake::accept(&mut conn, &mut lines, &inner.key, tls, fp).await?;
+        let hello = handshake::accept(&mut conn, &mut lines, inner.key.as_ref(), tls, fp).await?;
         Ok((conn, hello))
     };
     let res = shake

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 pub const MAX_LINE: usize = 256;
 /// Bytes in a nonce (sent as 32 hex digits).
 pub const NONCE_LEN: usize = 16;
+/// Bytes in the salt a server's key is stretched with (sent as 32 hex digits).
+pub const SALT_LEN: usize = 16;
 /// Bytes in an HMAC-SHA256 proof or a SHA-256 fingerprint (sent as 64 hex digits).
 pub const MAC_LEN: usize = 32;
 /// Bytes in a session id (sent as 32 hex digits).
@@ -40,10 +42,13 @@ pub enum Signal<'a> {
         /// The client's fresh nonce.
         cnonce: [u8; NONCE_LEN],
     },
-    /// Server answers: `challenge <snonce> <tls> <fp|->`. Nothing in it depends on the key.
+    /// Server answers: `challenge <snonce> <salt> <tls> <fp|->`. Nothing in it depends on
+    /// the key.
     Challenge {
         /// The server's fresh nonce.
         snonce: [u8; NONCE_LEN],
+        /// The salt the server's key was stretched with (fixed for the server process).
+        salt: [u8; SALT_LEN],
         /// The server's TLS mode (0, 1, 2).
         tls: u8,
         /// SHA-256 of the server's certificate (DER) when `tls` is 1 or 2.
@@ -239,7 +244,7 @@ impl<'a> Signal<'a> {
     pub fn encode(&self) -> Line {
         let mut line = Line::new();
         // Every line is shorter than MAX_LINE by construction (`err` is at most 209 bytes;
-        // `challenge`, the longest of the handshake, 109), so the pushes below cannot run out
+        // `challenge`, the longest of the handshake, 142), so the pushes below cannot run out
         // of room.
         match *self {
             Signal::Hello { kind, cnonce } => {
@@ -248,9 +253,16 @@ impl<'a> Signal<'a> {
                 put(&mut line, b" ");
                 push_hex(&mut line, &cnonce);
             }
-            Signal::Challenge { snonce, tls, fp } => {
+            Signal::Challenge {
+                snonce,
+                salt,
+                tls,
+                fp,
+            } => {
                 put(&mut line, b"challenge ");
                 push_hex(&mut line, &snonce);
+                put(&mut line, b" ");
+                push_hex(&mut line, &salt);
                 let _ = write!(line, " {} ", tls.min(2));
                 match fp {
                     Some(fp) => push_hex(&mut line, &fp),
@@ -389,6 +401,7 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
         }
         b"challenge" => {
             let snonce = hex(t.next()?)?;
+            let salt = hex(t.next()?)?;
             let tls = match t.next()? {
                 b"0" => 0,
                 b"1" => 1,
@@ -396,7 +409,12 @@ fn parse_line(line: &[u8]) -> Result<Signal<'_>, SignalError> {
                 _ => return Err(bad("bad tls mode")),
             };
             let fp = hex_or_dash(t.next()?)?;
-            Signal::Challenge { snonce, tls, fp }
+            Signal::Challenge {
+                snonce,
+                salt,
+                tls,
+                fp,
+            }
         }
         b"tls" => {
             let mode = match t.next()? {

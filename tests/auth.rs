@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepass::auth::{self, Key};
+use edgepass::auth::{self, Key, Secret};
 use edgepass::lines::{send, LineReader};
 use edgepass::signal::{Kind, Signal, SID_LEN};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -184,7 +184,7 @@ fn wrong_proof_on_control_connection_is_refused() {
         let tunnel = t.server.tunnel.expect("tunnel addr");
         let before = bad_peers(&t.server.stats);
         let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
-        let proof = tr.client_proof(&Key::new(b"guess"), None);
+        let proof = tr.client_proof(&Key::derive(b"guess", tr.salt), None);
         send(&mut s, &Signal::Auth { proof, sid: None })
             .await
             .expect("send auth");
@@ -202,12 +202,12 @@ fn forged_pool_connections_are_refused() {
     smol::block_on(async {
         let (t, _echo) = guarded_tunnel("s3cret").await;
         let tunnel = t.server.tunnel.expect("tunnel addr");
-        let key = Key::new(b"s3cret");
+        let secret = Secret::new(b"s3cret");
         let made_up = auth::random::<SID_LEN>();
 
         // Right key, made-up session: a proper proof, but there is no such session.
         let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
-        let proof = tr.client_proof(&key, Some(made_up));
+        let proof = tr.client_proof(&secret.key(tr.salt), Some(made_up));
         send(
             &mut s,
             &Signal::Auth {
@@ -223,7 +223,7 @@ fn forged_pool_connections_are_refused() {
         // A proof over one sid presented with another: the proof does not verify.
         let before = bad_peers(&t.server.stats);
         let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
-        let proof = tr.client_proof(&key, Some([0; SID_LEN]));
+        let proof = tr.client_proof(&secret.key(tr.salt), Some([0; SID_LEN]));
         send(
             &mut s,
             &Signal::Auth {
@@ -240,7 +240,7 @@ fn forged_pool_connections_are_refused() {
 
         // Wrong key.
         let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
-        let proof = tr.client_proof(&Key::new(b"guess"), Some(made_up));
+        let proof = tr.client_proof(&Key::derive(b"guess", tr.salt), Some(made_up));
         send(
             &mut s,
             &Signal::Auth {
@@ -254,7 +254,7 @@ fn forged_pool_connections_are_refused() {
 
         // A pool connection that names no session at all.
         let (mut s, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
-        let proof = tr.client_proof(&key, None);
+        let proof = tr.client_proof(&secret.key(tr.salt), None);
         send(&mut s, &Signal::Auth { proof, sid: None })
             .await
             .expect("send auth");
@@ -277,6 +277,7 @@ fn client_refuses_an_impostor_server() {
         let client = start_env(&format!("client://s3cret@{addr}/127.0.0.1:9"), FAST).await;
         let challenge = |tls, fp| Signal::Challenge {
             snonce: auth::random(),
+            salt: auth::random(),
             tls,
             fp,
         };

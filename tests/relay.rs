@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgepass::auth::Key;
+use edgepass::auth::{Key, Secret};
 use edgepass::handshake;
 use edgepass::lines::{send, LineReader};
 use edgepass::relay::RelayStats;
@@ -124,8 +124,8 @@ async fn dial(
 ) -> edgepass::error::Result<(Conn, LineReader)> {
     let mut conn = Conn::Plain(Async::<TcpStream>::connect(relay).await?);
     let mut lines = LineReader::new();
-    let k = Key::new(key.as_bytes());
-    handshake::connect(&mut conn, &mut lines, &k, kind, None, 0, None).await?;
+    let secret = Secret::new(key.as_bytes());
+    handshake::connect(&mut conn, &mut lines, &secret, kind, None, 0, None).await?;
     Ok((conn, lines))
 }
 
@@ -161,7 +161,7 @@ async fn connect(relay: SocketAddr, key: &str, name: &str) -> Reply {
 async fn raw_auth(relay: SocketAddr, key: &str, kind: Kind) -> Reply {
     let (s, mut lines, t) = raw_hello(relay, kind).await;
     let mut conn = Conn::Plain(s);
-    let proof = t.client_proof(&Key::new(key.as_bytes()), None);
+    let proof = t.client_proof(&Key::derive(key.as_bytes(), t.salt), None);
     send(&mut conn, &Signal::Auth { proof, sid: None })
         .await
         .unwrap();

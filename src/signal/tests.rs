@@ -17,11 +17,13 @@ fn samples() -> Vec<Signal<'static>> {
         },
         Signal::Challenge {
             snonce: n16,
+            salt: [0; 16],
             tls: 0,
             fp: None,
         },
         Signal::Challenge {
             snonce: [0xff; 16],
+            salt: n16,
             tls: 2,
             fp: Some([0xff; 32]),
         },
@@ -289,12 +291,14 @@ fn malformed_lines() {
         (format!("hello ctl {}g", &h32[1..]), "bad hex"),
         (format!("hello admin {h32}"), "bad kind"),
         (format!("hello ctl {h32} x"), "extra token"),
-        (format!("challenge {h32} 3 -"), "bad tls mode"),
-        (format!("challenge {h32} 0 - "), "trailing space"),
-        (format!("challenge {h32} 0 --"), "bad hex"),
-        (format!("challenge {h32} 0"), "missing token"),
-        // The handshake's first version carried the server's proof here: no longer.
-        (format!("challenge {h32} 0 - {h64}"), "extra token"),
+        (format!("challenge {h32} {h32} 3 -"), "bad tls mode"),
+        (format!("challenge {h32} {h32} 0 - "), "trailing space"),
+        (format!("challenge {h32} {h32} 0 --"), "bad hex"),
+        (format!("challenge {h32} {h32} 0"), "missing token"),
+        (format!("challenge {h32} {h64} 0 -"), "bad hex"),
+        // The handshake's first version had no salt, and the server's proof last.
+        (format!("challenge {h32} 0 - {h64}"), "bad hex"),
+        (format!("challenge {h32} {h32} 0 - {h64}"), "extra token"),
         (format!("proof {h32}"), "bad hex"),
         ("proof".into(), "missing token"),
         (format!("proof {h64} -"), "extra token"),
@@ -440,11 +444,13 @@ fn out_of_range_fields_still_parse() {
         (
             Signal::Challenge {
                 snonce: [1; 16],
+                salt: [3; 16],
                 tls: 7,
                 fp: None,
             },
             Signal::Challenge {
                 snonce: [1; 16],
+                salt: [3; 16],
                 tls: 2,
                 fp: None,
             },

@@ -249,11 +249,15 @@ pub async fn raw_hello(
         .expect("bad challenge")
     {
         Signal::Challenge {
-            snonce, tls, fp, ..
+            snonce,
+            salt,
+            tls,
+            fp,
         } => Transcript {
             kind: auth::kind_token(kind),
             cnonce,
             snonce,
+            salt,
             tls,
             fp,
         },
@@ -271,7 +275,7 @@ pub async fn authenticate(
     key: &str,
     sid: Option<[u8; SID_LEN]>,
 ) {
-    let key = Key::new(key.as_bytes());
+    let key = Key::derive(key.as_bytes(), tr.salt);
     let proof = tr.client_proof(&key, sid);
     send(s, &Signal::Auth { proof, sid })
         .await
