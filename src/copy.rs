@@ -176,6 +176,15 @@ impl<'c> Dir<'c> {
                 self.wait = None;
             }
             if self.buf.is_none() && self.parked {
+                // A write may have left bytes in the writer (a TLS record the socket did not
+                // take whole): keep pushing them while waiting, with both wakers registered.
+                // Nothing else flushes them once the other direction has ended.
+                if self.unflushed {
+                    if let Poll::Ready(res) = Pin::new(&mut *w).poll_flush(cx) {
+                        res?;
+                        self.unflushed = false;
+                    }
+                }
                 ready!(r.poll_readable(cx))?;
             }
             // The arena has two buffers per slot, so a wait here only happens when it is

@@ -295,3 +295,69 @@ fn a_stream_waits_for_a_buffer_when_the_arena_is_empty() {
         assert_eq!(arena.available(), 1);
     });
 }
+
+/// user → (plain `a` | this stream `b`) → far, with far's direction ended first: the last
+/// record of a burst, which the socket did not take whole, still reaches far once far reads.
+/// Only the copy's own flush can push it out then: nothing reads or writes `b` any more.
+#[test]
+fn the_tail_of_a_burst_reaches_the_far_side_after_the_other_direction_ended() {
+    use smol::future::FutureExt;
+    use std::time::Duration;
+    /// Longer than any pause of a working copy on loopback, however loaded the machine.
+    const STALL: Duration = Duration::from_secs(5);
+    smol::block_on(async {
+        let s = server_tls();
+        let (mut far, mut b) = pair(&s, true).await;
+        let (l, addr) = listener();
+        let (user, a) = smol::future::zip(
+            async { Async::<TcpStream>::connect(addr).await.expect("connect") },
+            async { l.accept().await.expect("accept").0 },
+        )
+        .await;
+        // Small socket buffers towards far: records keep meeting a full socket.
+        rustix::net::sockopt::set_socket_send_buffer_size(b.tcp().get_ref(), 8192)
+            .expect("SO_SNDBUF");
+        rustix::net::sockopt::set_socket_recv_buffer_size(far.tcp().get_ref(), 8192)
+            .expect("SO_RCVBUF");
+        let mut a = Conn::Plain(a);
+        let arena = Arena::new(4, 16384).expect("arena");
+        let stats = crate::stats::Stats::default();
+        let data = pattern(1 << 20);
+        let copy = async {
+            let o = crate::copy::Opts::tcp(&arena, &stats, Some(STALL * 4), None);
+            let r = crate::copy::bidi(&mut a, &mut b, o).await;
+            panic!("the copy ended before far had every byte: {r:?}");
+        };
+        let user_side = async {
+            (&user).write_all(&data).await.expect("user write");
+            // The user stays connected and silent.
+            std::future::pending::<()>().await
+        };
+        // A slow reader (it starts late and reads small pieces with a pause between them), so
+        // the copy's last record meets a full socket. The pauses pace far; they do not order
+        // anything.
+        let far_side = async {
+            // far → user ends first.
+            far.close().await.expect("far half-close");
+            Timer::after(Duration::from_millis(200)).await;
+            let mut got = Vec::with_capacity(data.len());
+            let mut buf = [0u8; 4096];
+            while got.len() < data.len() {
+                let n = async { Some(far.read(&mut buf).await) }
+                    .or(async {
+                        Timer::after(STALL).await;
+                        None
+                    })
+                    .await;
+                let n = n
+                    .unwrap_or_else(|| panic!("stalled at {} of {} bytes", got.len(), data.len()))
+                    .expect("far read");
+                assert!(n > 0, "end of input after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+                Timer::after(Duration::from_micros(200)).await;
+            }
+            assert!(got == data, "far got the user's bytes, in order");
+        };
+        copy.or(user_side.or(far_side)).await;
+    });
+}
