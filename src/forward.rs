@@ -139,11 +139,12 @@ mod flows {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use smol::future::FutureExt;
+    use smol::future::{yield_now, FutureExt};
     use smol::{Async, Timer};
 
     use crate::client::Inner;
     use crate::stats::ActiveGuard;
+    use crate::udp::flows::RECV_BUDGET;
     use crate::util::RateLimit;
 
     /// One flow: the socket towards the target and when the source last sent.
@@ -174,6 +175,7 @@ mod flows {
         let epoch = Instant::now();
         let drops = RateLimit::new(Duration::from_secs(1));
         let max = inner.cfg.tuning.udp_buf;
+        let mut handled = 0u32;
         loop {
             let (n, src) = match sock.recv_from(&mut buf).await {
                 Ok(x) => x,
@@ -183,6 +185,12 @@ mod flows {
                     continue;
                 }
             };
+            // A receive and a send are ready at once while datagrams keep coming: yield now
+            // and then, or a flood starves every other task on the thread.
+            handled = handled.wrapping_add(1);
+            if handled % RECV_BUDGET == 0 {
+                yield_now().await;
+            }
             if n > max {
                 inner.stats.udp_dropped.fetch_add(1, Relaxed);
                 continue;
@@ -202,6 +210,9 @@ mod flows {
                         }
                         continue;
                     }
+                    // Counted before the next datagram is looked at, so the slot check above
+                    // sees this flow (its task may not run before the loop reads again).
+                    let active = ActiveGuard::new(&inner.stats, true);
                     let target = match crate::udp::dial(&inner).await {
                         Ok(t) => Arc::new(t),
                         Err(e) => {
@@ -225,6 +236,7 @@ mod flows {
                     crate::rt::spawn(async move {
                         task.await;
                         table.lock().unwrap_or_else(|e| e.into_inner()).remove(&src);
+                        drop(active);
                     })
                     .detach();
                     flow
@@ -247,7 +259,6 @@ mod flows {
         src: SocketAddr,
         epoch: Instant,
     ) {
-        let _active = ActiveGuard::new(&inner.stats, true);
         let Some(arena) = inner.udp_arena.clone() else {
             return;
         };

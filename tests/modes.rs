@@ -66,6 +66,47 @@ fn mode_1_fails_over_to_the_next_target() {
     });
 }
 
+/// New UDP sources beyond `slot` are dropped even when their datagrams all wait in the socket
+/// at once: a flow counts from the datagram that makes it, not from when its task first runs.
+#[test]
+fn mode_1_a_burst_of_new_udp_sources_makes_at_most_slot_flows() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::mpsc::sync_channel;
+    /// Sources in the burst; their 1-byte datagrams fit the socket's receive buffer.
+    const SOURCES: usize = 100;
+    smol::block_on(async {
+        let (target, _u) = udp_echo();
+        let fwd = start(&format!("client://127.0.0.1:0/{target}?mode=1&slot=2")).await;
+        let to = fwd.public.expect("listen address");
+        // Hold the roles' runtime thread while the burst is sent, so the forwarder finds every
+        // datagram waiting when it reads the first.
+        let (entered_tx, entered) = sync_channel(1);
+        let (release, released) = sync_channel::<()>(1);
+        let gate = edgepass::rt::spawn(async move {
+            let _ = entered_tx.send(());
+            let _ = released.recv_timeout(WAIT);
+        });
+        entered
+            .recv_timeout(WAIT)
+            .expect("the runtime thread is held");
+        let users: Vec<UdpSocket> = (0..SOURCES)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind user"))
+            .collect();
+        for u in &users {
+            u.send_to(b"x", to).expect("send");
+        }
+        release.send(()).expect("let the runtime go");
+        gate.await;
+        let stats = fwd.stats.clone();
+        // Every datagram is forwarded (one byte each) or dropped.
+        let handled = || stats.udp_rx.get() + stats.udp_dropped.load(Relaxed) as u64;
+        wait_until("every datagram handled", || handled() >= SOURCES as u64).await;
+        assert_eq!(stats.udp_rx.get(), 2, "the first two sources got a flow");
+        assert_eq!(stats.udp_dropped.load(Relaxed), SOURCES - 2);
+        assert!(stats.active() <= 2, "{} flows open", stats.active());
+    });
+}
+
 #[test]
 fn mode_0_forwards_locally_when_the_tunnel_address_binds() {
     smol::block_on(async {

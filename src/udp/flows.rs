@@ -29,8 +29,9 @@ use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
 use crate::util::{accept_backoff, RateLimit};
 
-/// Datagrams the receive loop handles before yielding, so a flood cannot starve other tasks.
-const RECV_BUDGET: u32 = 64;
+/// Datagrams a receive loop handles before yielding, so a flood cannot starve other tasks
+/// (this one and the single-end forwarder's).
+pub(crate) const RECV_BUDGET: u32 = 64;
 /// Largest opening write: the opening line plus the datagrams queued while it was set up.
 const OPENING_WRITE: usize = 2048;
 /// At most one log line per this period about dropped datagrams.
