@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::mm::{madvise, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
@@ -157,6 +157,32 @@ impl Arena {
             })
             .await?;
         Some(self.take(permit))
+    }
+
+    /// Take two buffers, or none: waiting at most `wait`, and holding neither while waiting.
+    /// (Two waiters that each held one buffer while waiting for a second could both time out
+    /// with buffers free.) When only one is free, it goes back and the arena is asked again
+    /// after [`NO_BUFFER_RETRY`].
+    pub async fn lease_pair(self: &Arc<Self>, wait: Duration) -> Option<(Lease, Lease)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let first = async { Some(self.permits.acquire_arc().await) }
+                .or(async {
+                    Timer::at(deadline).await;
+                    None
+                })
+                .await?;
+            let first = self.take(first);
+            if let Some(second) = self.try_lease() {
+                return Some((first, second));
+            }
+            drop(first);
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            Timer::at(deadline.min(now + NO_BUFFER_RETRY)).await;
+        }
     }
 
     /// For poll-based code: the buffer in `slot`, leased into it first if it is empty. When
@@ -302,6 +328,31 @@ mod tests {
                 crate::rt::spawn(async move { a2.lease(Duration::from_secs(10)).await.is_some() });
             drop(held);
             assert!(waiter.await);
+        });
+    }
+
+    /// Two flows each wanting two of two buffers, freed one at a time: the second flow must not
+    /// sit on the first freed buffer while the first flow sits on the other.
+    #[test]
+    fn lease_pair_takes_both_or_neither() {
+        use smol::future::poll_once;
+        let a = Arena::new(2, 64).expect("map");
+        let held = (a.try_lease().expect("1"), a.try_lease().expect("2"));
+        // Long enough that a working pair never times out on a loaded machine.
+        let wait = Duration::from_secs(5);
+        smol::block_on(async {
+            let mut one = std::pin::pin!(a.lease_pair(wait));
+            let mut two = std::pin::pin!(a.lease_pair(wait));
+            assert!(poll_once(&mut one).await.is_none(), "nothing free");
+            assert!(poll_once(&mut two).await.is_none(), "nothing free");
+            drop(held.0);
+            // One buffer free: the first flow may look at it, but must not keep it.
+            assert!(poll_once(&mut one).await.is_none(), "only one free");
+            drop(held.1);
+            let pair = two.await.expect("both buffers, for the second flow");
+            assert_eq!(a.available(), 0);
+            drop(pair);
+            assert!(one.await.is_some(), "then both for the first");
         });
     }
 

@@ -124,7 +124,7 @@ pub(crate) async fn serve_client(
     let Some(arena) = &inner.udp_arena else {
         return;
     };
-    let (Some(b1), Some(b2)) = (arena.lease(wait).await, arena.lease(wait).await) else {
+    let Some((b1, b2)) = arena.lease_pair(wait).await else {
         st.refused.fetch_add(1, Relaxed);
         log::warn!("client: UDP flow {peer} refused: no free buffer in {wait:?}");
         return;
