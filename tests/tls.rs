@@ -108,6 +108,37 @@ fn tls2_echo_1mib_private_ca() {
     });
 }
 
+/// A certificate larger than one TLS record (here many names; a long chain does the same)
+/// still brings the pool up and carries users: the pool connections' TLS stream must hold a
+/// handshake message larger than its record buffer.
+#[test]
+fn tls2_a_certificate_larger_than_a_record_carries_users() {
+    capture_logs();
+    smol::block_on(async {
+        let dir = Dir::new("tls2-large");
+        let ca = Ca::new("edgepass test CA");
+        let names = std::iter::once("tunnel.test".to_string())
+            .chain((0..1200).map(|i| format!("host-{i:04}.tunnel.test")))
+            .collect();
+        let (crt, key, der) = ca.server_for(names);
+        // One record carries at most 16 KiB of handshake.
+        assert!(der.len() > 24 * 1024, "certificate of {} B", der.len());
+        let ca = dir.write("ca.pem", &ca.pem(), 0);
+        let crt = dir.write("server.crt", &crt, 0);
+        let key = dir.write("server.key", &key, 0);
+        let (target, _echo) = echo_server();
+        let t = tls_tunnel(
+            target,
+            &format!("?tls=2&crt={crt}&key={key}"),
+            &format!("?ca={ca}&sni=tunnel.test"),
+        )
+        .await;
+        let data = pattern(256 * 1024, 11);
+        assert!(round_trip(t.public, &data).await == data, "256 KiB echo");
+        assert_eq!(probe(t.server.tunnel.unwrap()).await.1, sha256(&der));
+    });
+}
+
 #[test]
 fn tls2_wrong_name_and_unknown_issuer_are_refused() {
     capture_logs();

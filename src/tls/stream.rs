@@ -13,6 +13,9 @@
 //!
 //! Handshake records, and the rare post-handshake messages such as a key update, are
 //! encoded into a heap vector (the handshake allocates anyway) that is freed once sent.
+//! rustls joins a handshake message split over records in the buffer it reads from; when one
+//! is larger than the ciphertext part (a long certificate chain), the incoming ciphertext
+//! moves to a heap vector, bounded, until the handshake ends.
 //!
 //! A read takes bytes from the stash first. Only when the stash is empty does it read the
 //! socket, and then it processes every complete record in the buffer: plaintext goes to the
@@ -52,6 +55,11 @@ const IN: usize = REC;
 const OUT: usize = 2 * REC;
 /// Plaintext encrypted per write: one full record, whose ciphertext fits [`REC`].
 const MAX_PLAIN: usize = 16 * 1024;
+/// Most incoming ciphertext held during the handshake. rustls joins a handshake message that
+/// spans records in the buffer it reads from, so a message larger than a record (a long
+/// certificate chain) needs more than [`REC`]. rustls refuses messages over 64 KiB; the
+/// ciphertext of one that size, with the records around it, fits five.
+const HANDSHAKE_IN: usize = 5 * REC;
 
 /// Every TLS arena of this process, for [`release_idle`].
 static ARENAS: Mutex<Vec<Weak<Arena>>> = Mutex::new(Vec::new());
@@ -96,7 +104,8 @@ pub struct TlsStream<S = Async<TcpStream>> {
     tcp: S,
     side: Side,
     arena: Arc<Arena>,
-    /// Stash in `[st_pos..st_len]`, ciphertext in `[IN..IN + ct_len]`, records for the socket
+    /// Stash in `[st_pos..st_len]`, ciphertext in `[IN..IN + ct_len]` (or `hs_in[..ct_len]`
+    /// during a large handshake), records for the socket
     /// in `[OUT + tx_pos..OUT + tx_len]`; `None` while all three are empty.
     buf: Option<Lease>,
     st_pos: usize,
@@ -106,6 +115,9 @@ pub struct TlsStream<S = Async<TcpStream>> {
     tx_len: usize,
     /// Handshake and other non-data records for the socket, sent after the buffer's.
     spill: Vec<u8>,
+    /// Incoming ciphertext, in place of the buffer's part, while the handshake needs more
+    /// room than that (up to [`HANDSHAKE_IN`]); empty otherwise, and freed when it ends.
+    hs_in: Vec<u8>,
     /// Set while no arena buffer is free.
     retry: Option<Timer>,
     /// close_notify was received: reads end once the stash is empty.
@@ -294,6 +306,7 @@ impl<S: Transport> TlsStream<S> {
             tx_pos: 0,
             tx_len: 0,
             spill: Vec::new(),
+            hs_in: Vec::new(),
             retry: None,
             peer_closed: false,
             sent_close: false,
@@ -341,10 +354,11 @@ impl<S: Transport> TlsStream<S> {
                 Step::Again | Step::Flush | Step::Wrote(_) => {}
                 Step::Writable => {
                     self.spill = Vec::new();
+                    self.end_large_handshake()?;
                     return Poll::Ready(Ok(()));
                 }
                 Step::NeedInput => {
-                    if ready!(self.poll_fill(cx))? {
+                    if ready!(self.poll_fill(cx, true))? {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
                 }
@@ -382,17 +396,26 @@ impl<S: Transport> TlsStream<S> {
             tx_pos,
             tx_len,
             spill,
+            hs_in,
             ..
         } = self;
         let (discard, step) = {
-            let (stash, cipher, out_tls): (&mut [u8], &mut [u8], _) = match buf.as_deref_mut() {
+            let (stash, part, out_tls): (&mut [u8], &mut [u8], _) = match buf.as_deref_mut() {
                 Some(b) => {
                     let (s, rest) = b.split_at_mut(IN);
                     let (c, o) = rest.split_at_mut(OUT - IN);
-                    (s, &mut c[..*ct_len], Some(o))
+                    (s, c, Some(o))
                 }
                 None => (&mut [], &mut [], None),
             };
+            let held = if hs_in.is_empty() {
+                part
+            } else {
+                &mut hs_in[..]
+            };
+            let cipher = held
+                .get_mut(..*ct_len)
+                .ok_or_else(|| io::Error::other("TLS ciphertext without a buffer"))?;
             let mut sink = Sink {
                 out,
                 filled,
@@ -410,7 +433,9 @@ impl<S: Transport> TlsStream<S> {
             }
         };
         if discard > 0 {
-            if let Some(b) = buf.as_deref_mut() {
+            if !hs_in.is_empty() {
+                hs_in.copy_within(discard..*ct_len, 0);
+            } else if let Some(b) = buf.as_deref_mut() {
                 b.copy_within(IN + discard..IN + *ct_len, IN);
             }
             *ct_len -= discard;
@@ -418,13 +443,36 @@ impl<S: Transport> TlsStream<S> {
         Ok(step)
     }
 
-    /// Read the socket into the ciphertext part. Ready(true) at the end of input.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Read the socket into the ciphertext part. Ready(true) at the end of input. With `grow`
+    /// (the handshake) a full part moves to the heap, which may grow up to [`HANDSHAKE_IN`].
+    fn poll_fill(&mut self, cx: &mut Context<'_>, grow: bool) -> Poll<io::Result<bool>> {
         let b = ready!(self.arena.poll_lease(&mut self.buf, &mut self.retry, cx));
-        let room = &mut b[IN + self.ct_len..OUT];
-        if room.is_empty() {
-            return Poll::Ready(Err(invalid("TLS record larger than the buffer")));
+        let ct_len = self.ct_len;
+        let full = if self.hs_in.is_empty() {
+            ct_len == OUT - IN
+        } else {
+            ct_len == self.hs_in.len()
+        };
+        if full {
+            if !grow {
+                return Poll::Ready(Err(invalid("TLS record larger than the buffer")));
+            }
+            if self.hs_in.len() >= HANDSHAKE_IN {
+                return Poll::Ready(Err(invalid("TLS handshake message larger than 64 KiB")));
+            }
+            if self.hs_in.is_empty() {
+                self.hs_in = vec![0; 2 * REC];
+                self.hs_in[..ct_len].copy_from_slice(&b[IN..IN + ct_len]);
+            } else {
+                let len = (2 * self.hs_in.len()).min(HANDSHAKE_IN);
+                self.hs_in.resize(len, 0);
+            }
         }
+        let room = if self.hs_in.is_empty() {
+            &mut b[IN + ct_len..OUT]
+        } else {
+            &mut self.hs_in[ct_len..]
+        };
         match Pin::new(&mut self.tcp).poll_read(cx, room) {
             Poll::Ready(Ok(0)) => Poll::Ready(Ok(true)),
             Poll::Ready(Ok(n)) => {
@@ -437,6 +485,27 @@ impl<S: Transport> TlsStream<S> {
                 Poll::Pending
             }
         }
+    }
+
+    /// At the end of a handshake that needed the heap for its input: what is left of the
+    /// ciphertext (less than a record: every complete one is processed) goes back to the
+    /// buffer's part, and the heap is freed.
+    fn end_large_handshake(&mut self) -> io::Result<()> {
+        if self.hs_in.is_empty() {
+            return Ok(());
+        }
+        let n = self.ct_len;
+        if n > 0 {
+            let part = self
+                .buf
+                .as_deref_mut()
+                .and_then(|b| b.get_mut(IN..OUT))
+                .and_then(|p| p.get_mut(..n))
+                .ok_or_else(|| invalid("TLS record larger than the buffer"))?;
+            part.copy_from_slice(&self.hs_in[..n]);
+        }
+        self.hs_in = Vec::new();
+        Ok(())
     }
 
     /// The buffer goes back when it holds nothing, and the spill's memory once it is sent.
@@ -559,7 +628,7 @@ impl<S: Transport> AsyncRead for TlsStream<S> {
                 this.release();
                 return Poll::Ready(Ok(filled));
             }
-            if ready!(this.poll_fill(cx))? {
+            if ready!(this.poll_fill(cx, false))? {
                 let why = if this.ct_len > 0 {
                     "the peer closed the connection in the middle of a TLS record"
                 } else {

@@ -134,8 +134,13 @@ impl Ca {
 
     /// A server certificate for `name` with a fresh key: (cert PEM, key PEM, leaf DER).
     pub fn server(&self, name: &str) -> (String, String, Vec<u8>) {
+        self.server_for(vec![name.to_string()])
+    }
+
+    /// [`Ca::server`] for every name in `names`.
+    pub fn server_for(&self, names: Vec<String>) -> (String, String, Vec<u8>) {
         let kp = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let mut p = rcgen::CertificateParams::new(names).unwrap();
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let c = p.signed_by(&kp, &self.issuer).unwrap();
         (c.pem(), kp.serialize_pem(), c.der().to_vec())
