@@ -43,8 +43,8 @@ const INTERVAL_STEP: Duration = Duration::from_millis(100);
 const TRIM_TICKS: u32 = 2;
 
 /// Pool connections dialed at once, at most: half of what the server lets be mid-handshake
-/// (`server::MAX_PENDING`), so a refill after a burst is never cut short as a flood would be.
-const MAX_DIALING: usize = server::MAX_PENDING / 2;
+/// (`pending::MAX_PENDING`), so a refill after a burst is never cut short as a flood would be.
+const MAX_DIALING: usize = crate::pending::MAX_PENDING / 2;
 
 pub(crate) struct Inner {
     pub(crate) cfg: Config,

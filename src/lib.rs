@@ -34,6 +34,7 @@ pub mod heap;
 pub mod idle;
 pub mod lines;
 pub mod net;
+pub mod pending;
 pub mod poke;
 pub mod proxy;
 pub mod rate;

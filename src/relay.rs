@@ -14,7 +14,7 @@ pub mod table;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::error::{status_text, Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
 use crate::lines::{send, LineReader};
 use crate::net;
-use crate::server::MAX_PENDING;
+use crate::pending::{Pending, Ticket, EVICTED, MAX_PENDING};
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::Stats;
@@ -51,7 +51,8 @@ pub(crate) struct Inner {
     arena: Arc<Arena>,
     shutdown: Shutdown,
     table: Mutex<Table>,
-    pending: AtomicUsize,
+    /// Connections mid-handshake (evict-oldest past the cap, as on the server's tunnel port).
+    pending: Pending,
     warn: RateLimit,
     /// The relay port's certificate (tls=1, tls=2): every leg to the relay is TLS then.
     #[cfg(feature = "tls")]
@@ -112,7 +113,7 @@ impl Relay {
             arena,
             shutdown,
             table: Mutex::new(Table::default()),
-            pending: AtomicUsize::new(0),
+            pending: Pending::new(MAX_PENDING),
             warn: RateLimit::new(Duration::from_secs(1)),
             #[cfg(feature = "tls")]
             tls,
@@ -189,28 +190,22 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
             }
             continue;
         }
-        if inner.pending.load(Relaxed) >= MAX_PENDING {
-            inner.stats.bad_peers.fetch_add(1, Relaxed);
-            log::debug!("relay: {peer} dropped, {MAX_PENDING} handshakes already pending");
-            continue;
-        }
         let guard = ConnGuard::new(&inner.rstats);
-        crate::rt::spawn(conn(inner.clone(), s, peer, guard)).detach();
+        // Registered here, not in the task: a burst is accepted before any task runs.
+        let ticket = inner.pending.enter();
+        crate::rt::spawn(conn(inner.clone(), s, peer, guard, ticket)).detach();
     }
 }
 
-/// Counts one pending handshake while alive.
-struct Pending<'a>(&'a AtomicUsize);
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// One connection on the relay port: handshake, then by kind.
-async fn conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, guard: ConnGuard) {
-    inner.pending.fetch_add(1, Relaxed);
-    let pending = Pending(&inner.pending);
+/// One connection on the relay port: handshake, then by kind. `ticket` is its entry in
+/// `inner.pending` (see `accept`).
+async fn conn(
+    inner: Arc<Inner>,
+    s: Async<TcpStream>,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    ticket: Ticket,
+) {
     let mut lines = LineReader::new();
     let (dev, vis) = (&inner.device_key, &inner.visit_key);
     let pick = move |kind| match kind {
@@ -227,13 +222,14 @@ async fn conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, guard: C
         let hello = handshake::accept_keyed(&mut conn, &mut lines, &pick, mode, fp).await?;
         Ok((conn, hello))
     };
-    let res = shake
-        .or(async {
-            Timer::after(inner.cfg.tuning.handshake_timeout).await;
-            Err(Error::Timeout("handshake"))
-        })
-        .await;
-    drop(pending);
+    let shake = shake.or(async {
+        Timer::after(inner.cfg.tuning.handshake_timeout).await;
+        Err(Error::Timeout("handshake"))
+    });
+    let Some(res) = inner.pending.run(ticket, shake).await else {
+        inner.stats.bad_peers.fetch_add(1, Relaxed);
+        return log::debug!("relay: {peer} {EVICTED}");
+    };
     let (conn, hello) = match res {
         Ok(x) => x,
         Err(e) => {

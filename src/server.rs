@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use smol::channel::{bounded, Receiver, Sender};
 use smol::future::FutureExt;
 use smol::{Async, Timer};
 
@@ -27,6 +26,7 @@ use crate::handshake::{self, refuse};
 use crate::idle::IdleQueue;
 use crate::lines::{send, LineReader};
 use crate::net;
+use crate::pending::{Pending, Ticket, EVICTED, MAX_PENDING};
 use crate::rate::Limits;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
@@ -40,21 +40,6 @@ use crate::util::{accept_next, RateLimit};
 /// never does.
 #[cfg(feature = "tls")]
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// Tunnel-port connections allowed to be mid-handshake at once. A new connection past it
-/// closes the oldest pending one: a real client's handshake takes one round trip, so the oldest
-/// is the likeliest attacker, and a flood cannot lock the client out for `HANDSHAKE_TIMEOUT`.
-pub const MAX_PENDING: usize = 256;
-
-/// Why an evicted handshake ended (logged at debug: a flood makes many).
-const EVICTED: &str = "closed for a newer connection: too many handshakes pending";
-
-/// Handshakes in progress, oldest first; dropping an entry's sender evicts that handshake.
-#[derive(Default)]
-struct PendingTable {
-    next: u64,
-    q: std::collections::VecDeque<(u64, Sender<()>)>,
-}
 
 /// An idle pool connection waiting in the taker's queue.
 pub struct PoolConn {
@@ -115,7 +100,8 @@ pub(crate) struct Inner {
     pub arena: Arc<Arena>,
     pub shutdown: Shutdown,
     session: Mutex<Option<Arc<Session>>>,
-    pending: Mutex<PendingTable>,
+    /// Tunnel-port connections mid-handshake (evict-oldest past the cap).
+    pending: Pending,
     refusals: RateLimit,
     /// Warnings about tunnel-port peers that fail the handshake (a flood would make one each;
     /// the rest go to debug, and every one is counted in `bad_peers`).
@@ -162,7 +148,7 @@ impl Inner {
             arena,
             shutdown,
             session: Mutex::new(None),
-            pending: Mutex::default(),
+            pending: Pending::new(MAX_PENDING),
             refusals: RateLimit::new(Duration::from_secs(1)),
             bad_log: RateLimit::new(Duration::from_secs(1)),
             egress,
@@ -331,42 +317,13 @@ async fn accept_tunnel(inner: Arc<Inner>, l: Async<TcpListener>) {
     loop {
         let (s, peer) = accept_next("tunnel", &l, &mut errors).await;
         // Registered here, not in the task: a burst is accepted before any task runs.
-        let (evict, evicted) = bounded::<()>(1);
-        let id = {
-            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if p.q.len() >= MAX_PENDING {
-                p.q.pop_front();
-            }
-            p.next += 1;
-            let id = p.next;
-            p.q.push_back((id, evict));
-            id
-        };
-        crate::rt::spawn(tunnel_conn(inner.clone(), s, peer, id, evicted)).detach();
+        let ticket = inner.pending.enter();
+        crate::rt::spawn(tunnel_conn(inner.clone(), s, peer, ticket)).detach();
     }
 }
 
-/// Removes one handshake from the pending table when it ends (if not evicted already).
-struct Pending<'a>(&'a Mutex<PendingTable>, u64);
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = p.q.iter().position(|(id, _)| *id == self.1) {
-            p.q.remove(i);
-        }
-    }
-}
-
-/// `id` is this connection's entry in `inner.pending` (see `accept_tunnel`); `evicted`
-/// closes when a newer connection pushed it out.
-async fn tunnel_conn(
-    inner: Arc<Inner>,
-    s: Async<TcpStream>,
-    peer: SocketAddr,
-    id: u64,
-    evicted: Receiver<()>,
-) {
-    let pending = Pending(&inner.pending, id);
+/// `ticket` is this connection's entry in `inner.pending` (see `accept_tunnel`).
+async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, ticket: Ticket) {
     let mut lines = LineReader::new();
     let timeout = inner.cfg.tuning.handshake_timeout;
     let shake = async {
@@ -378,17 +335,15 @@ async fn tunnel_conn(
         let hello = handshake::accept(&mut conn, &mut lines, inner.key.as_ref(), tls, fp).await?;
         Ok((conn, hello))
     };
-    let res = shake
-        .or(async {
-            Timer::after(timeout).await;
-            Err(Error::Timeout("handshake"))
-        })
-        .or(async {
-            let _ = evicted.recv().await;
-            Err(Error::Proto(ProtoError::Unexpected(EVICTED)))
-        })
-        .await;
-    drop(pending);
+    let shake = shake.or(async {
+        Timer::after(timeout).await;
+        Err(Error::Timeout("handshake"))
+    });
+    let res = inner
+        .pending
+        .run(ticket, shake)
+        .await
+        .unwrap_or(Err(Error::Proto(ProtoError::Unexpected(EVICTED))));
     let (mut conn, hello) = match res {
         Ok(x) => x,
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

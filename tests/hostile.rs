@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::hostile::*;
 use common::procfs::*;
 use common::*;
-use edgepass::server::MAX_PENDING;
+use edgepass::pending::MAX_PENDING;
 
 const MIB: usize = 1 << 20;
 

@@ -9,10 +9,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::hostile::silent;
 use common::*;
 use edgepass::auth::{Key, Secret};
 use edgepass::handshake;
 use edgepass::lines::{send, LineReader};
+use edgepass::pending::MAX_PENDING;
 use edgepass::relay::RelayStats;
 use edgepass::shutdown::Shutdown;
 use edgepass::signal::{Kind, Signal};
@@ -31,8 +33,14 @@ struct Relay {
 
 impl Relay {
     async fn start(url: &str) -> Relay {
+        Relay::start_env(url, &[]).await
+    }
+
+    async fn start_env(url: &str, env: &[(&str, &str)]) -> Relay {
         let stop = Shutdown::new();
-        let node = edgepass::bind(cfg(url), stop.clone()).await.unwrap();
+        let node = edgepass::bind(cfg_env(url, env), stop.clone())
+            .await
+            .unwrap();
         Relay {
             addr: node.tunnel_addr().unwrap(),
             stats: node.relay_stats().unwrap(),
@@ -444,5 +452,28 @@ fn the_duration_cap_cuts_a_circuit() {
         let took = start.elapsed();
         assert!(took > Duration::from_millis(500), "{took:?}");
         assert!(took < Duration::from_secs(3), "{took:?}");
+    });
+}
+
+#[test]
+fn silent_connections_do_not_lock_devices_and_visitors_out() {
+    smol::block_on(async {
+        // Without eviction the silent ones would hold every pending slot for a minute.
+        let env = &[("HANDSHAKE_TIMEOUT", "60s")];
+        let relay = Relay::start_env("relay://k@127.0.0.1:0", env).await;
+        let _silent = silent(relay.addr, MAX_PENDING).await;
+        wait_until("every silent connection accepted", || {
+            relay.stats.conns.load(Relaxed) == MAX_PENDING
+        })
+        .await;
+        // Each of the device's and the visitor's connections closes the oldest silent one.
+        let start = Instant::now();
+        let (target, _t) = name_server("cam");
+        let _d = device(relay.addr, "k", target, "cam").await;
+        wait_until("the reservation", || relay.reservations() == 1).await;
+        let v = visitor(relay.addr, "k", "cam").await;
+        assert_eq!(fetch(v.public.unwrap()).await, b"cam");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(5), "{took:?}");
     });
 }

@@ -42,7 +42,7 @@ use smol::{Async, Timer};
 
 use crate::arena::{Arena, Lease};
 use crate::copy::Readable;
-use crate::server::MAX_PENDING;
+use crate::pending::MAX_PENDING;
 
 /// One part of a buffer: room for the largest TLS 1.3 record (5-byte header,
 /// 2^14 bytes of plaintext, 256 bytes of expansion: 16,645 bytes), rounded up.

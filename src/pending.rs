@@ -1,0 +1,121 @@
+//! Handshakes in progress on a listening port (the server's tunnel port, the relay port),
+//! capped with evict-oldest.
+//!
+//! A new connection past the cap closes the oldest pending one: a real peer's handshake takes
+//! one round trip, so the oldest is the likeliest attacker, and a flood of silent connections
+//! cannot lock real peers out for `HANDSHAKE_TIMEOUT`.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Mutex;
+
+use smol::channel::{bounded, Receiver, Sender};
+use smol::future::FutureExt;
+
+/// Connections allowed to be mid-handshake at once on one listening port.
+pub const MAX_PENDING: usize = 256;
+
+/// Why an evicted handshake ended (logged at debug: a flood makes many).
+pub const EVICTED: &str = "closed for a newer connection: too many handshakes pending";
+
+/// The pending handshakes of one port, oldest first.
+#[derive(Debug)]
+pub struct Pending {
+    cap: usize,
+    table: Mutex<Table>,
+}
+
+/// The entries; dropping an entry's sender evicts that handshake.
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    q: VecDeque<(u64, Sender<()>)>,
+}
+
+/// One registered handshake: hand it to [`Pending::run`].
+#[derive(Debug)]
+pub struct Ticket {
+    id: u64,
+    evicted: Receiver<()>,
+}
+
+impl Pending {
+    /// At most `cap` handshakes pending at once (at least one).
+    pub fn new(cap: usize) -> Self {
+        Pending {
+            cap: cap.max(1),
+            table: Mutex::default(),
+        }
+    }
+
+    /// Register a new connection's handshake, evicting the oldest when `cap` are pending.
+    /// Call it in the accept loop, not in the connection's task: a burst is accepted before
+    /// any task runs.
+    pub fn enter(&self) -> Ticket {
+        let (tx, evicted) = bounded::<()>(1);
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if t.q.len() >= self.cap {
+            t.q.pop_front();
+        }
+        t.next += 1;
+        let id = t.next;
+        t.q.push_back((id, tx));
+        Ticket { id, evicted }
+    }
+
+    /// Handshakes pending now.
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|e| e.into_inner()).q.len()
+    }
+
+    /// Whether none is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Run the handshake `shake` of `ticket`: its output, or `None` when a newer connection
+    /// evicted it first. Either way the entry leaves the table when this returns.
+    pub async fn run<T>(&self, ticket: Ticket, shake: impl Future<Output = T>) -> Option<T> {
+        let _entry = Entry(self, ticket.id);
+        async { Some(shake.await) }
+            .or(async {
+                let _ = ticket.evicted.recv().await;
+                None
+            })
+            .await
+    }
+}
+
+/// Removes one handshake from the table when it ends (if not evicted already).
+struct Entry<'a>(&'a Pending, u64);
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = t.q.iter().position(|(id, _)| *id == self.1) {
+            t.q.remove(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_is_evicted_and_finished_ones_leave() {
+        smol::block_on(async {
+            let p = Pending::new(2);
+            let (a, b) = (p.enter(), p.enter());
+            assert_eq!(p.len(), 2);
+            let c = p.enter();
+            assert_eq!(p.len(), 2);
+            // `a` was pushed out: its handshake ends at once, whatever it was waiting for.
+            assert_eq!(p.run(a, std::future::pending::<()>()).await, None);
+            assert_eq!(p.run(b, async { 7 }).await, Some(7));
+            assert_eq!(p.len(), 1);
+            assert_eq!(p.run(c, async { 8 }).await, Some(8));
+            assert!(p.is_empty());
+        });
+    }
+}
