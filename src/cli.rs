@@ -124,6 +124,8 @@ ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     TCP_SPLICE [1]              (0: copy plain TCP through user-space buffers, not splice(2))
     TCP_KEEPALIVE [60s]         (0: off; probes for accepted connections silent that long)
     POOL_REUSE [2]              (pool connections carry user after user: 0 no, 1 TLS ones, 2 all)
+    SEMAPHORE_LIMIT: connections mid-handshake at once per listening port, at most 256;
+                                a new one past it closes the oldest pending one
 
 EXIT CODES:
     0 success (or stopped by a signal), 1 runtime failure, 2 bad usage or configuration

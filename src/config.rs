@@ -100,7 +100,10 @@ pub enum TlsMode {
 /// Timings and sizes from the NodePass environment variables (bare or `NP_` prefixed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
-    /// `SEMAPHORE_LIMIT`: cap on queued signals and pending handshakes.
+    /// `SEMAPHORE_LIMIT`: connections allowed to be mid-handshake at once on each listening
+    /// port (server tunnel port, relay port), at most
+    /// [`MAX_PENDING`](crate::pending::MAX_PENDING); past it, a new connection closes the
+    /// oldest pending one. Nothing else reads it.
     pub semaphore_limit: usize,
     /// `TCP_DATA_BUF_SIZE`: size of one arena buffer.
     pub tcp_buf: usize,

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use smol::channel::{bounded, Receiver, Sender};
 use smol::future::FutureExt;
 
-/// Connections allowed to be mid-handshake at once on one listening port.
+/// Most connections allowed to be mid-handshake at once on one listening port;
+/// `SEMAPHORE_LIMIT` may set fewer. 256 real peers never handshake at the same instant (one
+/// round trip each), and each pending one holds a socket and, with TLS, a record buffer.
 pub const MAX_PENDING: usize = 256;
 
 /// Why an evicted handshake ended (logged at debug: a flood makes many).
@@ -40,15 +42,16 @@ pub struct Ticket {
 }
 
 impl Pending {
-    /// At most `cap` handshakes pending at once (at least one).
-    pub fn new(cap: usize) -> Self {
+    /// At most `limit` handshakes pending at once (`SEMAPHORE_LIMIT`), clamped to
+    /// 1..=[`MAX_PENDING`].
+    pub fn new(limit: usize) -> Self {
         Pending {
-            cap: cap.max(1),
+            cap: limit.clamp(1, MAX_PENDING),
             table: Mutex::default(),
         }
     }
 
-    /// Register a new connection's handshake, evicting the oldest when `cap` are pending.
+    /// Register a new connection's handshake, evicting the oldest when the cap is reached.
     /// Call it in the accept loop, not in the connection's task: a burst is accepted before
     /// any task runs.
     pub fn enter(&self) -> Ticket {
@@ -117,5 +120,17 @@ mod tests {
             assert_eq!(p.run(c, async { 8 }).await, Some(8));
             assert!(p.is_empty());
         });
+    }
+
+    #[test]
+    fn the_cap_is_the_limit_up_to_max_pending() {
+        let full = |p: &Pending| {
+            let t: Vec<Ticket> = (0..MAX_PENDING + 10).map(|_| p.enter()).collect();
+            drop(t);
+            p.len()
+        };
+        assert_eq!(full(&Pending::new(3)), 3);
+        assert_eq!(full(&Pending::new(0)), 1);
+        assert_eq!(full(&Pending::new(65_536)), MAX_PENDING);
     }
 }

@@ -29,7 +29,7 @@ use crate::error::{status_text, Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
 use crate::lines::{send, LineReader};
 use crate::net;
-use crate::pending::{Pending, Ticket, EVICTED, MAX_PENDING};
+use crate::pending::{Pending, Ticket, EVICTED};
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::Stats;
@@ -104,6 +104,7 @@ impl Relay {
             Some(k) => Key::fresh(k.as_bytes()),
             None => device_key.clone(),
         };
+        let pending = Pending::new(cfg.tuning.semaphore_limit);
         let inner = Arc::new(Inner {
             cfg,
             device_key,
@@ -113,7 +114,7 @@ impl Relay {
             arena,
             shutdown,
             table: Mutex::new(Table::default()),
-            pending: Pending::new(MAX_PENDING),
+            pending,
             warn: RateLimit::new(Duration::from_secs(1)),
             #[cfg(feature = "tls")]
             tls,

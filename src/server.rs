@@ -26,7 +26,7 @@ use crate::handshake::{self, refuse};
 use crate::idle::IdleQueue;
 use crate::lines::{send, LineReader};
 use crate::net;
-use crate::pending::{Pending, Ticket, EVICTED, MAX_PENDING};
+use crate::pending::{Pending, Ticket, EVICTED};
 use crate::rate::Limits;
 use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
@@ -140,6 +140,7 @@ impl Inner {
     ) -> Arc<Inner> {
         #[cfg(not(feature = "tls"))]
         let _ = tls;
+        let pending = Pending::new(cfg.tuning.semaphore_limit);
         Arc::new(Inner {
             limits: Limits::new(cfg.rate),
             cfg,
@@ -148,7 +149,7 @@ impl Inner {
             arena,
             shutdown,
             session: Mutex::new(None),
-            pending: Pending::new(MAX_PENDING),
+            pending,
             refusals: RateLimit::new(Duration::from_secs(1)),
             bad_log: RateLimit::new(Duration::from_secs(1)),
             egress,

@@ -251,3 +251,26 @@ fn public_port_passes_garbage_through_and_caps_silent_users() {
         t.server.stop().await;
     });
 }
+
+/// `SEMAPHORE_LIMIT` caps the pending handshakes of a listening port: with 1, a second silent
+/// connection closes the first long before `HANDSHAKE_TIMEOUT`.
+#[test]
+fn semaphore_limit_caps_pending_handshakes() {
+    smol::block_on(async {
+        let env = &[("SEMAPHORE_LIMIT", "1"), ("HANDSHAKE_TIMEOUT", "60s")];
+        let mut urls = vec!["server://k@127.0.0.1:0/127.0.0.1:0"];
+        if cfg!(feature = "relay") {
+            urls.push("relay://k@127.0.0.1:0");
+        }
+        for url in urls {
+            let node = start_env(url, env).await;
+            let port = node.tunnel.expect("listening port");
+            let first = silent(port, 1).await;
+            let second = silent(port, 1).await;
+            let closed = close_times(first, Duration::from_secs(5)).await;
+            assert!(closed[0].is_some(), "{url}: the older handshake was kept");
+            drop(second);
+            node.stop().await;
+        }
+    });
+}
