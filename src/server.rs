@@ -7,7 +7,7 @@
 #[cfg(feature = "udp")]
 use std::net::UdpSocket;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ pub struct Session {
     /// The session id pool connections name.
     pub sid: [u8; SID_LEN],
     idle: IdleQueue<PoolConn>,
+    /// Forward flow: pool connections the server waits on for the client's opening line
+    /// (they never enter `idle`), counted against `max` as `idle` is.
+    watched: AtomicUsize,
     next_id: AtomicU32,
     /// Ends the session's tasks.
     pub end: Shutdown,
@@ -65,6 +68,7 @@ impl Session {
         Arc::new(Session {
             sid: auth::random::<SID_LEN>(),
             idle: IdleQueue::new(max),
+            watched: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
             end: Shutdown::new(),
         })
@@ -83,6 +87,22 @@ impl Session {
     /// Close up to `n` idle pool connections, the newest first; never one in use.
     pub(crate) fn trim(&self, n: usize) {
         self.idle.trim(n, |pc| pc.id);
+    }
+
+    /// Count one more watched pool connection (forward flow), unless `max` are watched
+    /// already: `None` then, and the connection is to be refused as `pool full`.
+    fn watch_slot(&self, max: usize) -> Option<Watched<'_>> {
+        self.watched
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Watched(&self.watched))
+    }
+
+    /// Count a watched pool connection again: a reused one back from its user. Not refused
+    /// (it was counted when it came, and the client's own queue holds at most `max`).
+    fn watch_again(&self) -> Watched<'_> {
+        self.watched.fetch_add(1, Relaxed);
+        Watched(&self.watched)
     }
 
     /// Close the session and every idle connection it holds.
@@ -168,6 +188,15 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+}
+
+/// One pool connection counted in [`Session::watched`] while alive.
+struct Watched<'a>(&'a AtomicUsize);
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -382,7 +411,18 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, t
                 log::debug!("tunnel: pool connection from {peer} for an old session refused");
                 return;
             };
-            if sess.idle_len() >= inner.cfg.max {
+            let max = inner.cfg.max;
+            // Forward flow: counted before `pooled` is sent, so a burst cannot pass the check
+            // all at once.
+            let watched = match inner.egress {
+                Some(_) => sess.watch_slot(max),
+                None => None,
+            };
+            let full = match inner.egress {
+                Some(_) => watched.is_none(),
+                None => sess.idle_len() >= max,
+            };
+            if full {
                 refuse(&mut conn, 201, "pool full").await;
                 return;
             }
@@ -392,9 +432,17 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, t
             }
             if let Some(egress) = &inner.egress {
                 // Forward flow: the client takes this connection for a user; wait for its
-                // opening line here and dial the target.
+                // opening line here and dial the target. It counts against `max` only while
+                // it waits, as an idle one does in reverse flow.
                 let proto = (!inner.cfg.notcp, crate::udp_enabled(&inner.cfg));
-                client::watch(egress, conn, lines, id, &sess.end, proto, |_| {}).await;
+                let mut watched = watched;
+                let on = |ev| match ev {
+                    client::PoolEvent::Back => {
+                        watched.get_or_insert_with(|| sess.watch_again());
+                    }
+                    _ => drop(watched.take()),
+                };
+                client::watch(egress, conn, lines, id, &sess.end, proto, on).await;
             } else if sess.offer(PoolConn { id, conn }) {
                 inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
             }

@@ -1,5 +1,6 @@
 //! Authentication on the tunnel port: wrong keys, garbage, silence and forged pool connections
-//! are refused, and the running tunnel keeps carrying traffic through all of it.
+//! are refused, and the running tunnel keeps carrying traffic through all of it. An
+//! authenticated client parks at most `max` pool connections, in either flow.
 
 mod common;
 
@@ -335,4 +336,42 @@ async fn accept_hello(l: &Async<TcpListener>, kind: Kind) -> (Async<TcpStream>, 
         other => panic!("expected hello {kind:?}, got {other:?}"),
     }
     (s, lines)
+}
+
+/// Forward flow: the server waits on each pool connection for the client's opening line, and
+/// an authenticated client may park at most `max` of them; one that closes frees its place.
+#[test]
+fn forward_flow_parks_at_most_max_pool_connections() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let url = format!("server://k@127.0.0.1:0/{target}?mode=2&max=4");
+        let server = start(&url).await;
+        let tunnel = server.tunnel.expect("tunnel addr");
+        let (_ctl, sid) = raw_session(tunnel, "k").await;
+        let mut held = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..10 {
+            match raw_pool(tunnel, "k", sid).await {
+                (conn, Ok(_)) => held.push(conn),
+                (_, Err(code)) => refused.push(code),
+            }
+        }
+        assert_eq!(held.len(), 4, "pool connections parked with max=4");
+        assert_eq!(refused, [201; 6]);
+        drop(held.pop());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match raw_pool(tunnel, "k", sid).await {
+                (conn, Ok(_)) => break held.push(conn),
+                (_, Err(code)) => assert_eq!(code, 201),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the closed one's place never freed"
+            );
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+        assert!(matches!(raw_pool(tunnel, "k", sid).await.1, Err(201)));
+        server.stop().await;
+    });
 }

@@ -230,19 +230,9 @@ fn forward_flow_reuses_the_clients_queue() {
 
 /// A hand-made client that authenticates a session and one pool connection with `key`.
 async fn fake_pool(tunnel: SocketAddr, key: &str) -> (Async<TcpStream>, Async<TcpStream>, u32) {
-    use edgepass::signal::{Kind, Signal};
-    let (mut ctl, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
-    authenticate(&mut ctl, &mut lines, &tr, key, None).await;
-    let sid = match within(WAIT, lines.next(&mut ctl)).await.expect("no reply") {
-        Ok(Signal::Session { sid, .. }) => sid,
-        other => panic!("expected a session, got {other:?}"),
-    };
-    let (mut pool, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
-    authenticate(&mut pool, &mut lines, &tr, key, Some(sid)).await;
-    let id = match within(WAIT, lines.next(&mut pool)).await.expect("no reply") {
-        Ok(Signal::Pooled { id }) => id,
-        other => panic!("expected pooled, got {other:?}"),
-    };
+    let (ctl, sid) = raw_session(tunnel, key).await;
+    let (pool, reply) = raw_pool(tunnel, key, sid).await;
+    let id = reply.unwrap_or_else(|code| panic!("pool connection refused: {code}"));
     (ctl, pool, id)
 }
 

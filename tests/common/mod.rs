@@ -286,6 +286,34 @@ pub async fn authenticate(
     }
 }
 
+/// A hand-made client: authenticate a control connection with `key`; returns it (keep it to
+/// keep the session) and the session id its pool connections name.
+pub async fn raw_session(tunnel: SocketAddr, key: &str) -> (Async<TcpStream>, [u8; SID_LEN]) {
+    let (mut ctl, mut lines, tr) = raw_hello(tunnel, Kind::Ctl).await;
+    authenticate(&mut ctl, &mut lines, &tr, key, None).await;
+    match within(WAIT, lines.next(&mut ctl)).await.expect("no reply") {
+        Ok(Signal::Session { sid, .. }) => (ctl, sid),
+        other => panic!("expected a session, got {other:?}"),
+    }
+}
+
+/// A hand-made pool connection of session `sid`, authenticated with `key`; returns it and the
+/// server's answer: `Ok(id)` for `pooled <id>`, `Err(code)` for `err <code>`.
+pub async fn raw_pool(
+    tunnel: SocketAddr,
+    key: &str,
+    sid: [u8; SID_LEN],
+) -> (Async<TcpStream>, Result<u32, u16>) {
+    let (mut pool, mut lines, tr) = raw_hello(tunnel, Kind::Pool).await;
+    authenticate(&mut pool, &mut lines, &tr, key, Some(sid)).await;
+    let reply = match within(WAIT, lines.next(&mut pool)).await.expect("no reply") {
+        Ok(Signal::Pooled { id }) => Ok(id),
+        Ok(Signal::Err { code, .. }) => Err(code),
+        other => panic!("expected pooled or err, got {other:?}"),
+    };
+    (pool, reply)
+}
+
 /// Connect, send `data`, half-close, and read everything back (writing and reading at once,
 /// so transfers larger than the socket buffers cannot deadlock).
 pub async fn round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
