@@ -222,7 +222,8 @@ pub struct RelayLimits {
     pub max_conns: usize,
     /// `max-reservations`: live named reservations.
     pub max_reservations: usize,
-    /// `max-per-ip`: reservations held by one source IP address.
+    /// `max-per-ip`: reservations held by one source IPv4 address or IPv6 /64 (an IPv4-mapped
+    /// IPv6 address counts as its IPv4 address).
     pub max_per_ip: usize,
     /// `max-circuits`: concurrent circuits through one reservation.
     pub max_circuits: usize,

@@ -4,7 +4,7 @@
 //! takes its own name over, limits, expiry) are tested without sockets or clocks.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,8 @@ pub struct Reservation {
     pub sid: [u8; SID_LEN],
     /// The device's per-process id: the same device may take its own name over.
     pub device: [u8; NONCE_LEN],
-    /// The source address of the control connection (per-IP limit).
+    /// What the control connection's source address counts as in the per-IP limit
+    /// ([`per_ip_key`]).
     pub ip: IpAddr,
     /// Largest idle pool kept for this reservation.
     pub max: usize,
@@ -110,6 +111,22 @@ impl Reservation {
     }
 }
 
+/// What `max-per-ip` counts a source address as: an IPv4 address (also when it arrives
+/// IPv4-mapped, `::ffff:a.b.c.d`, on a dual-stack listener), or the /64 an IPv6 address is in.
+/// One IPv6 subscriber usually holds a whole /64, so counting single addresses would let one
+/// host take every reservation.
+pub fn per_ip_key(ip: IpAddr) -> IpAddr {
+    /// The host half of an IPv6 address: the low 64 bits.
+    const HOST_BITS: u128 = u64::MAX as u128;
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !HOST_BITS)),
+        },
+    }
+}
+
 /// Why a reservation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -171,8 +188,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// Reserve `name` for `device` from `ip`. A name held by a different live device is
-    /// refused; the same device (or any device, once the holder expired) takes it over.
+    /// Reserve `name` for `device` from `ip` (counted in the per-IP limit as [`per_ip_key`]
+    /// says). A name held by a different live device is refused; the same device (or any
+    /// device, once the holder expired) takes it over.
     pub fn reserve(
         &mut self,
         name: &str,
@@ -181,6 +199,7 @@ impl Table {
         now: Instant,
         lim: &Limits,
     ) -> Result<Grant, Refusal> {
+        let ip = per_ip_key(ip);
         let replaced = match self.by_name.get(name) {
             Some(old) if old.device != device && !old.expired(now) => {
                 return Err(Refusal::NameTaken)
@@ -343,5 +362,31 @@ mod tests {
         assert!(t.reserve("a", A, ip(1), now, &l).is_ok());
         assert_eq!(Refusal::NameTaken.code(), 200);
         assert!(Refusal::PerIp(8).text().contains("per IP"));
+    }
+
+    #[test]
+    fn the_per_ip_limit_counts_ipv6_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let v6 = |s: &str| IpAddr::from(s.parse::<Ipv6Addr>().unwrap());
+        let (mut t, now, l) = (Table::default(), Instant::now(), lim(16, 2));
+        // Two addresses of one /64, then a third: one subscriber.
+        t.reserve("a", A, v6("2001:db8:1:2::1"), now, &l).unwrap();
+        t.reserve("b", A, v6("2001:db8:1:2:ffff::9"), now, &l)
+            .unwrap();
+        let e = t.reserve("c", A, v6("2001:db8:1:2:abcd::1"), now, &l);
+        assert_eq!(e.err(), Some(Refusal::PerIp(2)));
+        // The next /64 is someone else.
+        t.reserve("c", A, v6("2001:db8:1:3::1"), now, &l).unwrap();
+        // 10.0.0.1 and ::ffff:10.0.0.1 are one address.
+        t.reserve("d", A, ip(1), now, &l).unwrap();
+        t.reserve("e", A, v6("::ffff:10.0.0.1"), now, &l).unwrap();
+        let e = t.reserve("f", A, ip(1), now, &l);
+        assert_eq!(e.err(), Some(Refusal::PerIp(2)));
+        // Releasing from either spelling frees the one count.
+        let e = t.by_name("e", now).unwrap();
+        assert!(t.release(&e));
+        t.reserve("f", A, ip(1), now, &l).unwrap();
+        // An address that merely ends like an IPv4 one is plain IPv6 (its /64).
+        assert_eq!(per_ip_key(v6("::10.0.0.1")), v6("::"));
+        assert_eq!(per_ip_key(ip(7)), ip(7));
     }
 }
