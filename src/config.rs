@@ -297,6 +297,23 @@ impl fmt::Display for HostPort {
 }
 
 impl Config {
+    /// Client: whether its first address may be a local listener (single-end forwarding):
+    /// always with `mode=1`; with `mode=0` only when nothing in the URL needs a server (no
+    /// key, TLS, `ca`, `sni` or `name`), and then only if the address binds.
+    pub fn may_forward_locally(&self) -> bool {
+        match self.mode {
+            1 => true,
+            0 => {
+                self.name.is_none()
+                    && self.key.is_none()
+                    && self.tls == TlsMode::Off
+                    && self.ca.is_none()
+                    && self.sni.is_none()
+            }
+            _ => false,
+        }
+    }
+
     /// The shared key as bytes: the URL user part, or when there is none the decimal tunnel
     /// port as ASCII (NodePass also derives its default key from the port).
     ///
@@ -516,6 +533,30 @@ fn validate(cfg: &Config, base: &str) -> Result<(), ConfigError> {
             "visit takes exactly one local listen address after `/`",
         )),
         Role::Visit if cfg.name.is_none() => Err(err("name", "visit needs name=<reservation>")),
+        _ => Ok(()),
+    }?;
+    no_port_0_dialed(cfg)
+}
+
+/// Port 0 lets a listener pick a port; dialed, it fails every time and the client would
+/// retry forever. Refused where an address is dialed: the server or relay a client (unless
+/// it may forward locally) or a visitor connects to, and a client's targets.
+fn no_port_0_dialed(cfg: &Config) -> Result<(), ConfigError> {
+    let dials_tunnel = match cfg.role {
+        Role::Client => !cfg.may_forward_locally(),
+        Role::Visit => true,
+        Role::Server | Role::Relay => false,
+    };
+    if dials_tunnel && cfg.tunnel.port == 0 {
+        let what = "port 0 cannot be dialed: give the port the server or relay listens on";
+        return Err(err(&cfg.tunnel.to_string(), what));
+    }
+    let zero = cfg.targets.iter().find(|t| t.port == 0);
+    match zero {
+        Some(t) if cfg.role == Role::Client => Err(err(
+            &t.to_string(),
+            "port 0 cannot be dialed: give the target's port",
+        )),
         _ => Ok(()),
     }
 }

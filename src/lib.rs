@@ -237,12 +237,7 @@ fn udp_buf_len(cfg: &Config) -> usize {
 async fn single_end(cfg: &Config) -> Result<Option<Async<TcpListener>>> {
     match cfg.mode {
         1 => Ok(Some(net::listen(&cfg.tunnel, &cfg.tuning).await?)),
-        0 if cfg.name.is_none()
-            && cfg.key.is_none()
-            && cfg.tls == config::TlsMode::Off
-            && cfg.ca.is_none()
-            && cfg.sni.is_none() =>
-        {
+        0 if cfg.may_forward_locally() => {
             let l = net::listen(&cfg.tunnel, &cfg.tuning).await.ok();
             if l.is_some() {
                 log::info!(

@@ -57,7 +57,7 @@ fn server_defaults() {
 
 #[test]
 fn good_urls() {
-    let cfg = ok("client://s3cr%40t@[2001:db8::1]:10101/[::1]:22,db.lan:5432,10.0.0.2:0");
+    let cfg = ok("client://s3cr%40t@[2001:db8::1]:10101/[::1]:22,db.lan:5432,10.0.0.2:1");
     assert_eq!(cfg.role, Role::Client);
     assert_eq!(cfg.key.as_deref(), Some("s3cr@t"));
     assert_eq!(cfg.key_bytes(), b"s3cr@t");
@@ -65,7 +65,7 @@ fn good_urls() {
     assert_eq!(cfg.tunnel.host, Host::Ip(IpAddr::V6(v6)));
     assert_eq!(cfg.tunnel.to_string(), "[2001:db8::1]:10101");
     let shown: Vec<String> = cfg.targets.iter().map(ToString::to_string).collect();
-    assert_eq!(shown, ["[::1]:22", "db.lan:5432", "10.0.0.2:0"]);
+    assert_eq!(shown, ["[::1]:22", "db.lan:5432", "10.0.0.2:1"]);
 
     let cfg = ok("relay://hub-key@0.0.0.0");
     assert_eq!(
@@ -145,6 +145,22 @@ fn every_key() {
 }
 
 #[test]
+fn port_0_is_fine_where_it_is_listened_on() {
+    for url in [
+        "server://k@127.0.0.1:0/127.0.0.1:0",
+        "relay://k@127.0.0.1:0",
+        "visit://k@h:5/127.0.0.1:0?name=cam",
+        // A client that may forward locally listens on its first address.
+        "client://127.0.0.1:0/t:2",
+        "client://k@127.0.0.1:0/t:2?mode=1",
+    ] {
+        ok(url);
+    }
+    assert!(!ok("client://k@h:1/t:2").may_forward_locally());
+    assert!(ok("client://h:1/t:2").may_forward_locally());
+}
+
+#[test]
 fn bad_inputs() {
     let table: &[(&str, &str)] = &[
         ("ftp://h:1/t:2", "ftp"),
@@ -211,6 +227,15 @@ fn bad_inputs() {
         ("relay://h:1?stats=1", "stats=1"),
         ("relay://h:1?circuit-bytes=-1", "circuit-bytes=-1"),
         ("relay://h:1?visit-key=", "visit-key="),
+        // Port 0 where an address is dialed.
+        ("client://k@127.0.0.1:0/127.0.0.1:22", "127.0.0.1:0"),
+        ("client://h:0/t:2?mode=2", "h:0"),
+        ("client://h:0/t:2?name=cam", "h:0"),
+        ("client://h:0/t:2?tls=1", "h:0"),
+        ("client://k@h:5/127.0.0.1:0", "127.0.0.1:0"),
+        ("client://h:5/a:1,b:0?mode=1", "b:0"),
+        ("client://h:0/t:0?mode=1", "t:0"),
+        ("visit://k@h:0/127.0.0.1:0?name=cam", "h:0"),
     ];
     for &(url, part) in table {
         match parse(url, &no_env) {
