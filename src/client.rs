@@ -146,21 +146,16 @@ impl Client {
                     log::warn!("client: session with {server} ended: {end}");
                     attempt = 0;
                 }
-                // Only a plaintext attempt can be told to switch, and only up: the hint is not
-                // authenticated, the mode is (both proofs on the TLS connection cover it).
-                Err(Error::Proto(ProtoError::NeedTls(mode)))
-                    if inner.tls.load(Relaxed) == 0 && mode != 0 =>
-                {
-                    log::info!("client: server {server} uses tls={mode}; switching");
-                    inner.tls.store(mode, Relaxed);
-                    continue;
-                }
-                Err(e) => {
-                    log::warn!("client: cannot open a session with {server}: {e}");
-                    // Learn the mode again next time: the server may have been reconfigured,
-                    // and a forged `tls` hint must not stick.
-                    inner.tls.store(inner.tls_floor, Relaxed);
-                }
+                Err(e) => match inner.adopt_tls_hint(&e) {
+                    Some(mode) => {
+                        log::info!("client: server {server} uses tls={mode}; switching");
+                        continue;
+                    }
+                    None => {
+                        log::warn!("client: cannot open a session with {server}: {e}");
+                        inner.forget_tls();
+                    }
+                },
             }
             let delay = backoff(inner.cfg.tuning.service_cooldown, attempt);
             attempt = attempt.saturating_add(1);
@@ -209,6 +204,27 @@ impl Inner {
             #[cfg(feature = "relay")]
             device: crate::auth::random(),
         })
+    }
+
+    /// `e` is a server's `tls <mode>` answer to a plaintext attempt: dial with `mode` from now
+    /// on and return it. Only a plaintext attempt can be told to switch, and only up: the hint
+    /// is not authenticated, the mode is (both proofs on the TLS connection cover it).
+    pub(crate) fn adopt_tls_hint(&self, e: &Error) -> Option<u8> {
+        match e {
+            Error::Proto(ProtoError::NeedTls(mode))
+                if self.tls.load(Relaxed) == 0 && *mode != 0 =>
+            {
+                self.tls.store(*mode, Relaxed);
+                Some(*mode)
+            }
+            _ => None,
+        }
+    }
+
+    /// An attempt failed: learn the TLS mode again next time (back to the URL's), as the
+    /// server may have been reconfigured, and a forged `tls` hint must not stick.
+    pub(crate) fn forget_tls(&self) {
+        self.tls.store(self.tls_floor, Relaxed);
     }
 
     /// How a user's bytes are copied to and from a target: the TCP counters, `read=` and

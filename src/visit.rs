@@ -141,19 +141,21 @@ impl Visit {
     }
 }
 
-/// Dial the relay and authenticate as a visitor (switching to the relay's TLS mode if told).
+/// Dial the relay and authenticate as a visitor, switching to the relay's TLS mode if told
+/// (as the client does); a failure makes the next connection learn the mode again.
 async fn dial_relay(inner: &Inner) -> Result<(Conn, LineReader)> {
-    match client::open(inner, inner.tls.load(Relaxed), Kind::Connect, None).await {
-        Err(Error::Proto(ProtoError::NeedTls(mode))) => {
-            log::info!(
-                "visit: relay {} uses tls={mode}; switching",
-                inner.cfg.tunnel
-            );
-            inner.tls.store(mode, Relaxed);
-            client::open(inner, mode, Kind::Connect, None).await
-        }
-        r => r,
+    let mut res = client::open(inner, inner.tls.load(Relaxed), Kind::Connect, None).await;
+    if let Some(mode) = res.as_ref().err().and_then(|e| inner.adopt_tls_hint(e)) {
+        log::info!(
+            "visit: relay {} uses tls={mode}; switching",
+            inner.cfg.tunnel
+        );
+        res = client::open(inner, mode, Kind::Connect, None).await;
     }
+    if res.is_err() {
+        inner.forget_tls();
+    }
+    res
 }
 
 /// Dial the relay and ask for a TCP circuit to `name`; returns the relay connection and the
