@@ -607,13 +607,22 @@ fn refill(inner: &Arc<Inner>, pool: &Arc<Pool>) {
     }
 }
 
-/// One pool connection: dial, authenticate, wait idle for its opening line, then serve it.
+/// One pool connection: dial, authenticate, wait (within `HANDSHAKE_TIMEOUT`) for `pooled`,
+/// wait idle for its opening line, then serve it.
 async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
     // In a block, so the result's slot is free again while the connection is watched.
     let (conn, lines, id) = {
         let opened = async {
             let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
-            match lines.next(&mut conn).await? {
+            // The server answers `auth` at once (`pooled` or `err`): bounded as the handshake
+            // is, or a server that never answers holds the connection for the whole session.
+            let reply = async { lines.next(&mut conn).await }
+                .or(async {
+                    Timer::after(inner.cfg.tuning.handshake_timeout).await;
+                    Err(Error::Timeout("pooled reply"))
+                })
+                .await?;
+            match reply {
                 Signal::Pooled { id } => Ok((conn, lines, id)),
                 Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),
                 _ => Err(Error::Proto(ProtoError::Unexpected("expected pooled"))),

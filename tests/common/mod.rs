@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod fake_server;
 pub mod hostile;
 pub mod link;
 pub mod procfs;
