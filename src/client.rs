@@ -681,6 +681,13 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
                 pool.busy.fetch_sub(1, SeqCst);
                 pool.poke.poke();
             }
+            PoolEvent::Closed => {
+                // Gone without a user: the next tick dials its replacement. Not at once: a
+                // server closing idle connections would make that a tight redial loop, while
+                // the ticks slow down on their own.
+                idle(pool.idle.fetch_sub(1, Relaxed).saturating_sub(1));
+                pool.poke.poke();
+            }
         },
     )
     .await;
@@ -689,9 +696,11 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
 /// What became of an idle pool connection, for the pool's bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PoolEvent {
-    /// Its wait is over: a user or flow took it, or it closed; `reuse` when it will come back
-    /// ([`PoolEvent::Back`]) or be lost ([`PoolEvent::Lost`]) after this user.
+    /// A user or flow took it; `reuse` when it will come back ([`PoolEvent::Back`]) or be
+    /// lost ([`PoolEvent::Lost`]) after this user.
     Taken { reuse: bool },
+    /// Its wait ended without a user: it closed, broke the protocol, or the session ended.
+    Closed,
     /// A reused connection finished its user cleanly and is idle again.
     Back,
     /// A reused connection ended with its user.
@@ -700,8 +709,8 @@ pub(crate) enum PoolEvent {
 
 /// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
 /// then carry the TCP user or UDP flow it announces to a target; a `tcpr` user leaves the
-/// connection idle again for the next line. `on` hears each [`PoolEvent`]: `Taken` once per
-/// wait, whatever ended it. Used by the client in reverse flow and by the server in forward
+/// connection idle again for the next line. `on` hears each [`PoolEvent`]: `Taken` or
+/// `Closed` once per wait, whatever ended it. Used by the client in reverse flow and by the server in forward
 /// flow.
 ///
 /// A plain `fn` returning an `async move` block: an `async fn` keeps a second copy of its
@@ -732,14 +741,19 @@ pub(crate) fn watch<'a>(
                     reuse,
                 })) if got == id => (false, peer, reuse),
                 Some(Ok(Signal::Udp { id: got, peer })) if got == id => (true, peer, false),
-                None => return on(PoolEvent::Taken { reuse: false }),
+                None => return on(PoolEvent::Closed),
                 Some(Ok(other)) => {
-                    log::warn!("pool connection {id}: unexpected {other:?}, closed");
-                    return on(PoolEvent::Taken { reuse: false });
+                    // A server that keeps doing this would make one line per connection.
+                    if inner.warn.allow() {
+                        log::warn!("pool connection {id}: unexpected {other:?}, closed");
+                    } else {
+                        log::debug!("pool connection {id}: unexpected {other:?}, closed");
+                    }
+                    return on(PoolEvent::Closed);
                 }
                 Some(Err(e)) => {
                     log::debug!("idle pool connection {id} closed: {e}");
-                    return on(PoolEvent::Taken { reuse: false });
+                    return on(PoolEvent::Closed);
                 }
             };
             on(PoolEvent::Taken { reuse });

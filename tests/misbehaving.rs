@@ -30,3 +30,22 @@ fn a_pool_connection_never_told_pooled_is_closed_after_the_handshake_timeout() {
         client.stop().await;
     });
 }
+
+#[test]
+fn pool_connections_closed_while_idle_are_redialed_by_the_ticks_not_at_once() {
+    smol::block_on(async {
+        let fake = fake_server("k", PoolReply::PooledThenClose);
+        let url = format!("client://k@{}/127.0.0.1:9?min=1", fake.addr);
+        let client = start_env(&url, QUIET).await;
+        let st = fake.stats.clone();
+        wait_until("11 pool connections", || st.pools() >= 11).await;
+        let span = {
+            let t = st.pools.lock().unwrap_or_else(|e| e.into_inner());
+            t[10] - t[0]
+        };
+        // The ticks come every MIN_POOL_INTERVAL (100 ms) at the fastest: about 1 s for ten
+        // redials. Redialing at once took a few milliseconds.
+        assert!(span >= Duration::from_millis(500), "10 redials in {span:?}");
+        client.stop().await;
+    });
+}
