@@ -540,7 +540,8 @@ fn validate(cfg: &Config, base: &str) -> Result<(), ConfigError> {
 
 /// Port 0 lets a listener pick a port; dialed, it fails every time and the client would
 /// retry forever. Refused where an address is dialed: the server or relay a client (unless
-/// it may forward locally) or a visitor connects to, and a client's targets.
+/// it may forward locally) or a visitor connects to, a client's targets, and the targets of a
+/// server in forward flow (`mode=2`).
 fn no_port_0_dialed(cfg: &Config) -> Result<(), ConfigError> {
     let dials_tunnel = match cfg.role {
         Role::Client => !cfg.may_forward_locally(),
@@ -553,10 +554,12 @@ fn no_port_0_dialed(cfg: &Config) -> Result<(), ConfigError> {
     }
     let zero = cfg.targets.iter().find(|t| t.port == 0);
     match zero {
-        Some(t) if cfg.role == Role::Client => Err(err(
-            &t.to_string(),
-            "port 0 cannot be dialed: give the target's port",
-        )),
+        Some(t) if cfg.role == Role::Client || (cfg.role == Role::Server && cfg.mode == 2) => {
+            Err(err(
+                &t.to_string(),
+                "port 0 cannot be dialed: give the target's port",
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -236,6 +236,7 @@ fn bad_inputs() {
         ("client://h:5/a:1,b:0?mode=1", "b:0"),
         ("client://h:0/t:0?mode=1", "t:0"),
         ("visit://k@h:0/127.0.0.1:0?name=cam", "h:0"),
+        ("server://k@h:1/127.0.0.1:0?mode=2", "127.0.0.1:0"),
     ];
     for &(url, part) in table {
         match parse(url, &no_env) {
