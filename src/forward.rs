@@ -204,7 +204,9 @@ mod flows {
                 Some(f) => f,
                 None => {
                     if inner.stats.active() >= inner.cfg.slot {
+                        // As the server counts a flow it cannot take: dropped and refused.
                         inner.stats.udp_dropped.fetch_add(1, Relaxed);
+                        inner.stats.refused.fetch_add(1, Relaxed);
                         if drops.allow() {
                             log::warn!("forward: UDP flow from {src} dropped: all slots in use");
                         }

@@ -103,6 +103,7 @@ fn mode_1_a_burst_of_new_udp_sources_makes_at_most_slot_flows() {
         wait_until("every datagram handled", || handled() >= SOURCES as u64).await;
         assert_eq!(stats.udp_rx.get(), 2, "the first two sources got a flow");
         assert_eq!(stats.udp_dropped.load(Relaxed), SOURCES - 2);
+        assert_eq!(stats.refused.load(Relaxed), SOURCES - 2, "refusals counted");
         assert!(stats.active() <= 2, "{} flows open", stats.active());
     });
 }
