@@ -6,7 +6,7 @@
 use smol::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{self, Key, Secret, Transcript};
-use crate::error::{ProtoError, Result};
+use crate::error::{Error, ProtoError, Result};
 use crate::lines::{send, LineReader};
 use crate::signal::{Kind, Signal, MAC_LEN, NONCE_LEN, SID_LEN};
 
@@ -96,6 +96,10 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Hello { kind, sid })
 }
 
+/// Why a client gave up when the answer to its `hello` is no line of ours.
+const FOREIGN: &str = "the server's answer is not an edgepass challenge (another program, or \
+                       an edgepass of another protocol version: update both ends)";
+
 /// Send `err <code> <text>`, ignoring failures: the connection is being closed anyway.
 pub async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, code: u16, text: &str) {
     let _ = send(s, &Signal::Err { code, text }).await;
@@ -118,7 +122,13 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<()> {
     let cnonce = auth::random::<NONCE_LEN>();
     send(s, &Signal::Hello { kind, cnonce }).await?;
-    let (snonce, salt, their_tls, fp) = match lines.next(s).await? {
+    let answer = match lines.next(s).await {
+        // The first line back does not parse: not an edgepass server, or one of a version
+        // that words its challenge otherwise. Say so rather than name a token.
+        Err(Error::Signal(_)) => return Err(ProtoError::Unexpected(FOREIGN).into()),
+        other => other?,
+    };
+    let (snonce, salt, their_tls, fp) = match answer {
         Signal::Challenge {
             snonce,
             salt,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edgepass::auth::{self, Key, Secret};
+use edgepass::handshake;
 use edgepass::lines::{send, LineReader};
 use edgepass::signal::{Kind, Signal, SID_LEN};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
@@ -373,5 +374,36 @@ fn forward_flow_parks_at_most_max_pool_connections() {
         }
         assert!(matches!(raw_pool(tunnel, "k", sid).await.1, Err(201)));
         server.stop().await;
+    });
+}
+
+/// A server of the handshake's first version (its challenge had no salt and carried its proof)
+/// or another program: the client says that it got no edgepass challenge, not which token
+/// failed to parse.
+#[test]
+fn a_challenge_of_another_version_is_named_as_such() {
+    smol::block_on(async {
+        let l = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+        let addr = l.get_ref().local_addr().expect("addr");
+        let old = format!("challenge {} 0 - {}\n", "ab".repeat(16), "cd".repeat(32));
+        let server = smol::spawn(async move {
+            for answer in [old.into_bytes(), b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()] {
+                let (mut s, _) = l.accept().await.expect("accept");
+                s.write_all(&answer).await.expect("answer");
+                let _ = read_until_closed(&mut s).await;
+            }
+        });
+        for _ in 0..2 {
+            let mut s = Async::<TcpStream>::connect(addr).await.expect("connect");
+            let mut lines = LineReader::new();
+            let secret = Secret::new(b"s3cret");
+            let shake = handshake::connect(&mut s, &mut lines, &secret, Kind::Ctl, None, 0, None);
+            let e = within(CLOSE_BOUND, shake)
+                .await
+                .expect("no answer")
+                .expect_err("an answer of another kind was taken");
+            assert!(e.to_string().contains("not an edgepass challenge"), "{e}");
+        }
+        server.await;
     });
 }
