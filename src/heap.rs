@@ -25,15 +25,26 @@ pub fn trim() {
     }
 }
 
+/// Set in the environment of the second start, which never starts a third.
+const RESTARTED: &str = "EDGEPASS_HEAP_RESTARTED";
+
 /// With glibc, run this binary again with its per-thread cache off, unless `GLIBC_TUNABLES`
 /// already sets a cache size (the user's choice wins). Call it first in `main`, before any
 /// thread starts. Returns only where nothing was done or the new start failed; the process
 /// then runs on as it is. The binary is found through `current_exe` (which valgrind answers
 /// with the program, not itself); under valgrind, set `GLIBC_TUNABLES` or trace children.
+///
+/// It starts again at most once, and not at all in secure mode (a binary given file
+/// capabilities, such as `cap_net_bind_service` to listen on port 443, or set-user-ID): glibc
+/// then removes the cache setting from `GLIBC_TUNABLES` before `main`, so each start would see
+/// it missing and start again, forever.
 pub fn restart_without_thread_cache() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
+        if std::env::var_os(RESTARTED).is_some() || secure_mode() {
+            return;
+        }
         let Some(value) = tunables(std::env::var_os("GLIBC_TUNABLES").as_deref()) else {
             return;
         };
@@ -46,8 +57,27 @@ pub fn restart_without_thread_cache() {
             cmd.arg0(name);
         }
         // `exec` returns only on failure (the file gone, say).
-        let _ = cmd.args(args).env("GLIBC_TUNABLES", value).exec();
+        let _ = cmd
+            .args(args)
+            .env("GLIBC_TUNABLES", value)
+            .env(RESTARTED, "1")
+            .exec();
     }
+}
+
+/// Whether the kernel started this process in secure mode (`AT_SECURE` in its auxiliary
+/// vector: set-user-ID, set-group-ID or file capabilities that raise its privileges).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn secure_mode() -> bool {
+    use std::ffi::c_ulong;
+    /// From the kernel's `linux/auxvec.h`.
+    const AT_SECURE: c_ulong = 23;
+    extern "C" {
+        fn getauxval(kind: c_ulong) -> c_ulong;
+    }
+    // SAFETY: getauxval takes a number and only reads the process's auxiliary vector; glibc
+    // has had it since 2.16.
+    unsafe { getauxval(AT_SECURE) != 0 }
 }
 
 /// The `GLIBC_TUNABLES` value to start with, given the current one: the user's tunables and
