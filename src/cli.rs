@@ -112,8 +112,9 @@ QUERY KEYS (default in brackets):
     re-reserves by itself after a relay restart; refusals are logged with their code.
     DUR is a Go duration: 500ms, 5s, 1m30s, 2h, 1.5s.
     Relay flag form (-flag or --flag, VALUE or =VALUE): --port [4001] --host [0.0.0.0]
-    --key KEY (shared key) --key-file FILE (key=), and --log --tls --crt --slot --read
-    --rate --dial --dns and each relay key above as --NAME VALUE.
+    --key KEY (shared key) --key-file FILE (key=: tls=2's private key file, with --crt),
+    and --log --tls --crt --slot --read --rate --dial --dns and each relay key above as
+    --NAME VALUE.
 
 ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     SEMAPHORE_LIMIT [65536]     TCP_DATA_BUF_SIZE [16384]   UDP_DATA_BUF_SIZE [65535]

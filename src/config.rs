@@ -350,7 +350,7 @@ impl Config {
 pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or_else(|| err(url, "expected scheme://host:port"))?;
+        .ok_or_else(|| err(&without_key(url), "expected scheme://host:port"))?;
     let role = match scheme.to_ascii_lowercase().as_str() {
         "server" => Role::Server,
         "client" => Role::Client,
@@ -376,7 +376,7 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         None => (None, authority),
     };
     if address.is_empty() {
-        return Err(err(url, "missing host:port"));
+        return Err(err(&without_key(url), "missing host:port"));
     }
     let default_port = (role == Role::Relay).then_some(DEFAULT_RELAY_PORT);
     let tunnel = parse_host_port(address, default_port)?;
@@ -427,11 +427,42 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             return Err(err(k, "duplicate query key"));
         }
         seen.push(k);
-        let value = percent_decode(raw).ok_or_else(|| err(segment, "bad percent escape"))?;
+        // A secret is named, not quoted: error lines end up in logs.
+        let shown = if SECRET_KEYS.contains(&k) {
+            format!("{k}=***")
+        } else {
+            segment.to_owned()
+        };
+        let value = percent_decode(raw).ok_or_else(|| err(&shown, "bad percent escape"))?;
         apply(&mut cfg, k, &value, segment)?;
     }
-    validate(&cfg, url.split_once('?').map_or(url, |(before, _)| before))?;
+    validate(
+        &cfg,
+        &without_key(url.split_once('?').map_or(url, |(before, _)| before)),
+    )?;
     Ok(cfg)
+}
+
+/// Query keys whose values are secrets, never quoted back.
+const SECRET_KEYS: [&str; 1] = ["visit-key"];
+
+/// `url` with the key (the user part before `@`) shown as `***`, for quoting in an error:
+/// error lines end up in logs, and a service manager may log one every few seconds.
+fn without_key(url: &str) -> String {
+    let (head, rest) = url.split_once("://").unwrap_or(("", url));
+    let sep = if head.is_empty() { "" } else { "://" };
+    // The authority ends at the first `/` or `?`; without `://` there is no telling where it
+    // starts, so anything before an `@` counts.
+    let ends = if sep.is_empty() {
+        &['?'][..]
+    } else {
+        &['/', '?'][..]
+    };
+    let end = rest.find(ends).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{head}{sep}***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Sets one query key on `cfg`; `seg` is the `key=value` text for error messages.
@@ -520,6 +551,23 @@ fn validate(cfg: &Config, base: &str) -> Result<(), ConfigError> {
         }
         if cfg.key_file.is_none() {
             return Err(err("key", "tls=2 needs a private key file"));
+        }
+    }
+    // Certificate files anywhere else would be ignored: a user who meant TLS (or took
+    // `--key-file` for a file holding the shared key) would run in plaintext unawares.
+    let files = [("crt", cfg.crt.is_some()), ("key", cfg.key_file.is_some())];
+    if let Some(&(part, _)) = files.iter().find(|(_, set)| *set) {
+        if !matches!(cfg.role, Role::Server | Role::Relay) {
+            return Err(err(
+                part,
+                "crt= and key= are a server's or relay's certificate and private key files",
+            ));
+        }
+        if cfg.tls != TlsMode::Files {
+            return Err(err(
+                part,
+                "crt= and key= (relay flags --crt, --key-file) are the certificate and private key files of tls=2: add tls=2",
+            ));
         }
     }
     match cfg.role {

@@ -182,7 +182,7 @@ fn bad_inputs() {
         ("server://a..b:5/t:2", "a..b:5"),
         ("server://1.2.3.999:5/t:2", "1.2.3.999:5"),
         ("server://@h:1/t:2", "@"),
-        ("server://k%zz@h:1/t:2", "k%zz"),
+        ("server://k%zz@h:1/t:2", "***@"),
         ("server://", "server://"),
         ("server://h:1", "server://h:1"),
         ("server://h:1/", "server://h:1/"),
@@ -237,6 +237,11 @@ fn bad_inputs() {
         ("client://h:0/t:0?mode=1", "t:0"),
         ("visit://k@h:0/127.0.0.1:0?name=cam", "h:0"),
         ("server://k@h:1/127.0.0.1:0?mode=2", "127.0.0.1:0"),
+        // Certificate files without tls=2, or on a role that has none.
+        ("server://k@h:1/t:2?crt=/c.pem&key=/k.pem", "crt"),
+        ("server://k@h:1/t:2?tls=1&key=/k.pem", "key"),
+        ("relay://k@h:1?key=/etc/edgepass.key", "key"),
+        ("client://k@h:1/t:2?tls=2&crt=/c.pem&key=/k.pem", "crt"),
     ];
     for &(url, part) in table {
         match parse(url, &no_env) {
@@ -252,6 +257,25 @@ fn bad_inputs() {
     assert!(parse(&long_name, &no_env).is_err());
     let long_host = format!("server://{}:1/t:2", "a.".repeat(127));
     assert!(parse(&long_host, &no_env).is_err());
+}
+
+/// Error lines end up in logs (a service manager may log one every few seconds): none quotes
+/// the key or the visit key, and each still names the bad part.
+#[test]
+fn errors_never_quote_a_key() {
+    for (url, named) in [
+        ("server://Sup3rSecret@0.0.0.0:10101", "***@0.0.0.0:10101"),
+        ("server://Sup3rSecret@/t:2", "***@/t:2"),
+        ("server://Sup3rSecret%zz@h:1/t:2", "***@"),
+        ("relay://Sup3rSecret@h:1/t:2", "***@h:1/t:2"),
+        ("server:/Sup3rSecret@h:1/t:2", "***@h:1/t:2"),
+        ("visit://Sup3rSecret@h:1?name=a", "***@h:1"),
+        ("relay://k@h:1?visit-key=Sup3rSecret%zz", "visit-key=***"),
+    ] {
+        let e = parse(url, &no_env).unwrap_err().to_string();
+        assert!(!e.contains("Sup3rSecret"), "{url}: {e}");
+        assert!(e.contains(named), "{url}: {e}");
+    }
 }
 
 #[test]

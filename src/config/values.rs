@@ -36,7 +36,13 @@ pub(super) fn parse_key(user: &str) -> Result<String, ConfigError> {
     if user.is_empty() {
         return Err(err("@", "empty key before `@`"));
     }
-    percent_decode(user).ok_or_else(|| err(user, "bad percent escape in key"))
+    // The key is not quoted back: error lines end up in logs.
+    percent_decode(user).ok_or_else(|| {
+        err(
+            "***@",
+            "bad percent escape in the key (not shown; write a % in it as %25)",
+        )
+    })
 }
 
 /// Decodes `%XX` escapes; `None` on a malformed escape or a result that is not UTF-8.
