@@ -55,7 +55,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match Signals::new([Signal::Term, Signal::Int]) {
+        // SIGHUP too: a tunnel started from an ssh session whose terminal goes away stops
+        // as cleanly as on SIGTERM (there is no configuration file to reload).
+        match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
             Ok(mut signals) => {
                 let sd = shutdown.clone();
                 edgepass::rt::spawn(async move {
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
                 })
                 .detach();
             }
-            Err(e) => log::warn!("cannot watch SIGINT/SIGTERM: {e}"),
+            Err(e) => log::warn!("cannot watch SIGINT/SIGTERM/SIGHUP: {e}"),
         }
         match node.run().await {
             Ok(()) => ExitCode::SUCCESS,
