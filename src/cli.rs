@@ -117,6 +117,7 @@ QUERY KEYS (default in brackets):
     --NAME VALUE.
 
 ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
+    EDGEPASS_KEY                the key when the URL has none (keeps it off the command line)
     SEMAPHORE_LIMIT [65536]     TCP_DATA_BUF_SIZE [16384]   UDP_DATA_BUF_SIZE [65535]
     HANDSHAKE_TIMEOUT [5s]      TCP_DIAL_TIMEOUT [5s]       UDP_READ_TIMEOUT [30s]
     POOL_GET_TIMEOUT [5s]       MIN_POOL_INTERVAL [100ms]   MAX_POOL_INTERVAL [1s]

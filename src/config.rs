@@ -314,8 +314,8 @@ impl Config {
         }
     }
 
-    /// The shared key as bytes: the URL user part, or when there is none the decimal tunnel
-    /// port as ASCII (NodePass also derives its default key from the port).
+    /// The shared key as bytes: the URL user part (or [`KEY_VAR`]), or when there is none the
+    /// decimal tunnel port as ASCII (NodePass also derives its default key from the port).
     ///
     /// ```
     /// let cfg = edgepass::config::parse("server://:10101/:8080", &|_| None).unwrap();
@@ -373,7 +373,9 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     };
     let (key, address) = match authority.rsplit_once('@') {
         Some((user, address)) => (Some(parse_key(user)?), address),
-        None => (None, authority),
+        // The key from the environment keeps it out of the command line, which every local
+        // user can read (`/proc/<pid>/cmdline`); the environment only the process's owner.
+        None => (env(KEY_VAR).filter(|k| !k.is_empty()), authority),
     };
     if address.is_empty() {
         return Err(err(&without_key(url), "missing host:port"));
@@ -442,6 +444,9 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     )?;
     Ok(cfg)
 }
+
+/// The environment variable that gives the key when the URL has no `key@`.
+pub const KEY_VAR: &str = "EDGEPASS_KEY";
 
 /// Query keys whose values are secrets, never quoted back.
 const SECRET_KEYS: [&str; 1] = ["visit-key"];

@@ -407,3 +407,21 @@ fn a_challenge_of_another_version_is_named_as_such() {
         server.await;
     });
 }
+
+/// A key given in `EDGEPASS_KEY` (kept off the command line) is the same key as in a URL.
+#[test]
+fn a_key_from_the_environment_authenticates() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let env = [("EDGEPASS_KEY", "s3cret"), ("HANDSHAKE_TIMEOUT", "500ms")];
+        let server = start_env("server://127.0.0.1:0/127.0.0.1:0", &env).await;
+        let tunnel = server.tunnel.expect("tunnel addr");
+        let client = start(&format!("client://s3cret@{tunnel}/{target}")).await;
+        let stats = server.stats.clone();
+        wait_until("a warm pool", || idle(&stats) > 0).await;
+        let public = server.public.expect("public addr");
+        assert_eq!(round_trip(public, b"env key").await, b"env key");
+        client.stop().await;
+        server.stop().await;
+    });
+}

@@ -259,6 +259,19 @@ fn bad_inputs() {
     assert!(parse(&long_host, &no_env).is_err());
 }
 
+/// `EDGEPASS_KEY` gives the key when the URL has none; a key in the URL wins, and an empty
+/// variable counts as unset.
+#[test]
+fn the_key_may_come_from_the_environment() {
+    let env = |v: &'static str| move |k: &str| (k == KEY_VAR).then(|| v.to_string());
+    let p = |url: &str, v| parse(url, &env(v)).unwrap_or_else(|e| panic!("{url}: {e}"));
+    let cfg = p("client://h:1/t:2", "from env");
+    assert_eq!(cfg.key_bytes(), b"from env");
+    assert!(!cfg.may_forward_locally(), "a keyed client dials a server");
+    assert_eq!(p("client://url@h:1/t:2", "from env").key_bytes(), b"url");
+    assert_eq!(p("client://h:1/t:2", "").key_bytes(), b"1");
+}
+
 /// Error lines end up in logs (a service manager may log one every few seconds): none quotes
 /// the key or the visit key, and each still names the bad part.
 #[test]
