@@ -7,6 +7,7 @@ use std::time::Duration;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use smol::future::FutureExt;
+use smol::lock::Semaphore;
 use smol::{Async, Timer};
 
 use crate::config::{Host, HostPort, Tuning};
@@ -15,17 +16,30 @@ use crate::error::{Error, Result};
 /// Upper bound on addresses tried for one name.
 const MAX_ADDRS: usize = 8;
 
+/// Name lookups running at once. Each holds a thread while the system resolver works, and a
+/// lookup that times out here keeps its thread until the resolver answers: with a hung
+/// resolver (and `dns=0`, a lookup per dial) every user would add a thread, up to the blocking
+/// pool's 500. Past this many, a lookup waits for one to finish, within its own timeout.
+const MAX_LOOKUPS: usize = 4;
+static LOOKUPS: Semaphore = Semaphore::new(MAX_LOOKUPS);
+
 /// Resolve `hp` to socket addresses (IP literals need no lookup), within `timeout`.
 pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>> {
     match &hp.host {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, hp.port)]),
         Host::Name(name) => {
             let query = (name.clone(), hp.port);
-            let lookup = smol::unblock(move || {
-                query
-                    .to_socket_addrs()
-                    .map(|it| it.take(MAX_ADDRS).collect::<Vec<_>>())
-            });
+            let lookup = async {
+                let permit = LOOKUPS.acquire().await;
+                smol::unblock(move || {
+                    // Held until the resolver answers, even after the wait here timed out.
+                    let _permit = permit;
+                    query
+                        .to_socket_addrs()
+                        .map(|it| it.take(MAX_ADDRS).collect::<Vec<_>>())
+                })
+                .await
+            };
             let addrs = async { lookup.await.map_err(Error::Io) }
                 .or(async {
                     Timer::after(timeout).await;
@@ -191,4 +205,38 @@ fn keepalive(s: &impl std::os::fd::AsFd, idle: Duration) -> rustix::io::Result<(
     sockopt::set_tcp_keepidle(s, idle)?;
     sockopt::set_tcp_keepintvl(s, (idle / 3).max(Duration::from_secs(1)))?;
     sockopt::set_tcp_keepcnt(s, KEEPALIVE_PROBES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With every lookup slot taken (by lookups stuck in a hung resolver, say), a lookup waits
+    /// for one within its own timeout instead of taking another thread; once one is free, it
+    /// runs.
+    #[test]
+    fn lookups_wait_for_a_free_slot_within_their_timeout() {
+        smol::block_on(async {
+            let local = HostPort {
+                host: Host::Name("localhost".into()),
+                port: 7,
+            };
+            let held: Vec<_> = take_every_slot().await;
+            let r = resolve(&local, Duration::from_millis(50)).await;
+            assert!(matches!(r, Err(Error::Timeout("name lookup"))), "{r:?}");
+            drop(held);
+            let addrs = resolve(&local, Duration::from_secs(20))
+                .await
+                .expect("lookup");
+            assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 7));
+        });
+    }
+
+    async fn take_every_slot() -> Vec<smol::lock::SemaphoreGuard<'static>> {
+        let mut held = Vec::new();
+        for _ in 0..MAX_LOOKUPS {
+            held.push(LOOKUPS.acquire().await);
+        }
+        held
+    }
 }
