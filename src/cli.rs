@@ -43,6 +43,8 @@ pub enum CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // Nothing to quote (no argument at all): the reason alone.
+            CliError::Usage { part, reason } if part.is_empty() => f.write_str(reason),
             CliError::Usage { part, reason } => write!(f, "{reason}: `{part}`"),
             CliError::Config(e) => e.fmt(f),
         }
@@ -187,7 +189,12 @@ pub fn parse_args(
         Some(url) => url,
         None => match p.finish().first() {
             Some(flag) => return Err(usage(&flag.to_string_lossy(), "unknown flag")),
-            None => return Err(usage("", "missing URL")),
+            None => {
+                return Err(usage(
+                    "",
+                    "missing URL: give a role's URL, e.g. 'server://KEY@:10101/:8080'",
+                ))
+            }
         },
     };
     if let Some(extra) = p.finish().first() {
