@@ -10,7 +10,8 @@
 #   2. the init script: sh syntax, procd (USE_PROCD, procd_open_instance,
 #      procd_set_param command / respawn, procd_close_instance, config_foreach), and a run of
 #      its start_service against stub UCI/procd functions: shipped config -> no instance;
-#      every section enabled -> one instance per section, each `edgepass URL`;
+#      every section enabled -> one instance per section, each `edgepass URL`; a key with
+#      URL delimiters and UTF-8 is percent-encoded in that URL;
 #   3. the UCI file ships every section disabled;
 #   4. the packaged binary runs under qemu-<arch> (`--version`) and, when a host server
 #      binary exists (--server, default dist/x86_64-unknown-linux-musl/edgepass), passes
@@ -124,6 +125,31 @@ check_init_and_config() {
     fi
 }
 
+# The init script percent-encodes a section's key: a key holding URL delimiters, a quote,
+# a space or non-ASCII text must reach edgepass as one user part that decodes back to it.
+check_key_encoding() {
+    local init="$1/etc/init.d/edgepass" out want
+    python3 - "$work/uci-key.sh" "$work/url-key.txt" <<'PY'
+import shlex, sys, urllib.parse
+key = "Zx/9+q?#@%:a b==;'\"\u00fc\u20ac~-._"
+with open(sys.argv[1], "w") as f:
+    f.write("CONFIG_k_TYPE=tunnel\nCONFIG_k_enabled=1\nCONFIG_k_role=client\n"
+            f"CONFIG_k_key={shlex.quote(key)}\nCONFIG_k_tunnel=vps.example.com:10101\n"
+            "CONFIG_k_target=127.0.0.1:22\nCONFIG_k_query='log=info&noudp=1'\n"
+            "CONFIG_SECTIONS=k\n")
+with open(sys.argv[2], "w") as f:
+    f.write(f"client://{urllib.parse.quote(key, safe='')}@vps.example.com:10101/127.0.0.1:22?log=info&noudp=1\n")
+PY
+    want=$(cat "$work/url-key.txt")
+    out=$(init_harness "$init" "$work/uci-key.sh" 2>&1) || { bad "start_service (key to encode) failed: $out"; return; }
+    if echo "$out" | grep -qxF "param command [/usr/bin/edgepass] [$want]"; then
+        ok "a key with / ? # @ % : space, quotes and UTF-8 is percent-encoded: $want"
+    else
+        bad "the key is not percent-encoded as $want"
+        echo "$out" | sed 's/^/     /'
+    fi
+}
+
 run_binary() {
     local root=$1 arch=$2 triple runner out
     triple=$(triple_for_arch "$arch") || { bad "no Rust target known for $arch"; return; }
@@ -174,6 +200,7 @@ for pkg in "${pkgs[@]}"; do
     arch=$(sed -n 's/^Architecture: //p' "$dest/control" 2>/dev/null)
     [ -d "$dest/root/etc" ] || { bad "nothing extracted"; continue; }
     check_init_and_config "$dest/root"
+    check_key_encoding "$dest/root"
     run_binary "$dest/root" "$arch"
 done
 
