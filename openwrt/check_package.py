@@ -48,7 +48,8 @@ ELF_FOR_ARCH = [
 EXPECTED_FILES = {
     "./usr/bin/edgepass": 0o755,
     "./etc/init.d/edgepass": 0o755,
-    "./etc/config/edgepass": 0o644,
+    # It holds the keys: 0600, as OpenWrt's INSTALL_CONF installs a config.
+    "./etc/config/edgepass": 0o600,
 }
 
 failures = []

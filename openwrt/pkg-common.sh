@@ -47,12 +47,14 @@ default_version() {
 }
 
 # Lays out the installed files under $1 with OpenWrt's modes; $2 is the binary.
+# The config holds the tunnel keys, so it is 0600, as INSTALL_CONF in OpenWrt's rules.mk
+# (and so the feed Makefile) installs it.
 stage_root() {
     local root=$1 binary=$2
     install -d -m 0755 "$root/usr/bin" "$root/etc/init.d" "$root/etc/config"
     install -m 0755 "$binary" "$root/usr/bin/edgepass"
     install -m 0755 "$openwrt_dir/files/edgepass.init" "$root/etc/init.d/edgepass"
-    install -m 0644 "$openwrt_dir/files/edgepass.config" "$root/etc/config/edgepass"
+    install -m 0600 "$openwrt_dir/files/edgepass.config" "$root/etc/config/edgepass"
 }
 
 # Package scripts in the shape OpenWrt's include/package-pack.mk generates: do nothing in an
