@@ -8,7 +8,8 @@
 #      modes, owners and hashes, and the ELF header of the binary (check_package.py; the .apk
 #      is read with our own reader, openwrt/apkv3.py, whose round trip test runs first);
 #   2. the init script: sh syntax, procd (USE_PROCD, procd_open_instance,
-#      procd_set_param command / respawn, procd_close_instance, config_foreach), and a run of
+#      procd_set_param command / respawn, procd_close_instance, config_foreach, and no
+#      procd_set_param file, which would restart every instance on any edit), and a run of
 #      its start_service against stub UCI/procd functions: shipped config -> no instance;
 #      every section enabled -> one instance per section, each `edgepass URL`; a key with
 #      URL delimiters and UTF-8 is percent-encoded in that URL;
@@ -91,6 +92,12 @@ check_init_and_config() {
              'procd_add_reload_trigger'; do
         if grep -q "$f" "$init"; then ok "init script uses $f"; else bad "init script lacks $f"; fi
     done
+    # procd would checksum a `file` into every instance: one edit would restart them all.
+    if grep -q '^[[:space:]]*procd_set_param file' "$init"; then
+        bad "init script ties every instance to a file (procd_set_param file): any edit restarts all"
+    else
+        ok "init script ties no instance to a file, so reload restarts only changed sections"
+    fi
     head -n 1 "$init" | grep -q '^#!/bin/sh /etc/rc.common' && ok "init script runs under /etc/rc.common" \
         || bad "init script shebang is not '#!/bin/sh /etc/rc.common'"
 
@@ -123,6 +130,18 @@ check_init_and_config() {
         bad "all enabled: $opened instances, $commands well-formed commands, $respawns respawns for $nsections sections"
         echo "$out" | sed 's/^/     /'
     fi
+
+    # procd restarts an instance on reload when any of its parameters differ. After an edit
+    # to one section, only that section's instance may differ.
+    local first changed edited
+    first=$(echo "$sections" | head -n 1)
+    { cat "$work/uci-on.sh"; echo "CONFIG_${first}_url='client://edited@vps.example.com:1/127.0.0.1:2'"; } > "$work/uci-edit.sh"
+    edited=$(init_harness "$init" "$work/uci-edit.sh" 2>&1) || { bad "start_service (one section edited) failed: $edited"; return; }
+    # One line per instance: its name, then all its parameters.
+    per_instance() { awk '/^open /{n=$2; p=""; next} /^close$/{print n "\t" p; next} {p=p " " $0}' | sort; }
+    changed=$(diff <(echo "$out" | per_instance) <(echo "$edited" | per_instance) | sed -n 's/^> \([^\t]*\)\t.*/\1/p' | tr '\n' ' ')
+    [ "$changed" = "$first " ] && ok "editing section $first changes that instance only (the others keep their parameters)" \
+        || bad "editing section $first changes the parameters of instances: ${changed:-none}"
 }
 
 # The init script percent-encodes a section's key: a key holding URL delimiters, a quote,
