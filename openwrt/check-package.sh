@@ -12,7 +12,8 @@
 #      procd_set_param file, which would restart every instance on any edit), and a run of
 #      its start_service against stub UCI/procd functions: shipped config -> no instance;
 #      every section enabled -> one instance per section, each `edgepass URL`; a key with
-#      URL delimiters and UTF-8 is percent-encoded in that URL;
+#      URL delimiters and UTF-8 is percent-encoded in that URL; respawn_* options apply
+#      per section;
 #   3. the UCI file ships every section disabled;
 #   4. the packaged binary runs under qemu-<arch> (`--version`) and, when a host server
 #      binary exists (--server, default dist/x86_64-unknown-linux-musl/edgepass), passes
@@ -144,9 +145,10 @@ check_init_and_config() {
         || bad "editing section $first changes the parameters of instances: ${changed:-none}"
 }
 
-# The init script percent-encodes a section's key: a key holding URL delimiters, a quote,
-# a space or non-ASCII text must reach edgepass as one user part that decodes back to it.
-check_key_encoding() {
+# Options of a section beyond the shipped file. The init script percent-encodes the key: a
+# key holding URL delimiters, a quote, a space or non-ASCII text must reach edgepass as one
+# user part that decodes back to it. respawn_* options set procd's respawn per section.
+check_section_options() {
     local init="$1/etc/init.d/edgepass" out want
     python3 - "$work/uci-key.sh" "$work/url-key.txt" <<'PY'
 import shlex, sys, urllib.parse
@@ -155,7 +157,12 @@ with open(sys.argv[1], "w") as f:
     f.write("CONFIG_k_TYPE=tunnel\nCONFIG_k_enabled=1\nCONFIG_k_role=client\n"
             f"CONFIG_k_key={shlex.quote(key)}\nCONFIG_k_tunnel=vps.example.com:10101\n"
             "CONFIG_k_target=127.0.0.1:22\nCONFIG_k_query='log=info&noudp=1'\n"
-            "CONFIG_SECTIONS=k\n")
+            "CONFIG_r_TYPE=tunnel\nCONFIG_r_enabled=1\nCONFIG_r_url=relay://:4001\n"
+            "CONFIG_r_respawn_threshold=7200\nCONFIG_r_respawn_timeout=60\n"
+            "CONFIG_r_respawn_retry=3\n"
+            "CONFIG_b_TYPE=tunnel\nCONFIG_b_enabled=1\nCONFIG_b_url=relay://:4002\n"
+            "CONFIG_b_respawn_timeout=5s\n"
+            "CONFIG_SECTIONS='k r b'\n")
 with open(sys.argv[2], "w") as f:
     f.write(f"client://{urllib.parse.quote(key, safe='')}@vps.example.com:10101/127.0.0.1:22?log=info&noudp=1\n")
 PY
@@ -165,6 +172,17 @@ PY
         ok "a key with / ? # @ % : space, quotes and UTF-8 is percent-encoded: $want"
     else
         bad "the key is not percent-encoded as $want"
+        echo "$out" | sed 's/^/     /'
+    fi
+    # Each instance's respawn line: the defaults, the section's own, and the defaults again
+    # (with a warning) for a value that is not a whole number.
+    local respawns
+    respawns=$(echo "$out" | sed -n 's/^param respawn //p' | tr '\n' ' ')
+    if [ "$respawns" = "[3600] [5] [0] [7200] [60] [3] [3600] [5] [0] " ] \
+        && echo "$out" | grep -q "option respawn_timeout '5s' is not a whole number"; then
+        ok "respawn_threshold, respawn_timeout and respawn_retry are read per section"
+    else
+        bad "respawn options per section: got $respawns"
         echo "$out" | sed 's/^/     /'
     fi
 }
@@ -219,7 +237,7 @@ for pkg in "${pkgs[@]}"; do
     arch=$(sed -n 's/^Architecture: //p' "$dest/control" 2>/dev/null)
     [ -d "$dest/root/etc" ] || { bad "nothing extracted"; continue; }
     check_init_and_config "$dest/root"
-    check_key_encoding "$dest/root"
+    check_section_options "$dest/root"
     run_binary "$dest/root" "$arch"
 done
 
