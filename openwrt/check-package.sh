@@ -178,7 +178,7 @@ PY
     # (with a warning) for a value that is not a whole number.
     local respawns
     respawns=$(echo "$out" | sed -n 's/^param respawn //p' | tr '\n' ' ')
-    if [ "$respawns" = "[3600] [5] [0] [7200] [60] [3] [3600] [5] [0] " ] \
+    if [ "$respawns" = "[3600] [30] [0] [7200] [60] [3] [3600] [30] [0] " ] \
         && echo "$out" | grep -q "option respawn_timeout '5s' is not a whole number"; then
         ok "respawn_threshold, respawn_timeout and respawn_retry are read per section"
     else
