@@ -120,15 +120,19 @@ check_init_and_config() {
 
     sed 's/^\(CONFIG_[A-Za-z0-9_]*_enabled\)=.*/\1=1/' "$work/uci.sh" > "$work/uci-on.sh"
     out=$(init_harness "$init" "$work/uci-on.sh" 2>&1) || { bad "start_service (all enabled) failed: $out"; return; }
-    local opened commands respawns
+    local opened commands respawns terms
     opened=$(echo "$out" | grep -c '^open ')
     commands=$(echo "$out" | grep -cE '^param command \[/usr/bin/edgepass\] \[(server|client|relay|visit)://[^]]+\]$')
     respawns=$(echo "$out" | grep -c '^param respawn ')
-    if [ "$opened" = "$nsections" ] && [ "$commands" = "$nsections" ] && [ "$respawns" = "$nsections" ]; then
-        ok "all enabled: $opened instances, one per section, each 'edgepass URL' with respawn"
+    # edgepass drains for SHUTDOWN_TIMEOUT (5 s) on SIGTERM: procd must wait longer before
+    # its SIGKILL than that (its own default is 5 s).
+    terms=$(echo "$out" | grep -cE '^param term_timeout \[([6-9]|[1-9][0-9]+)\]$')
+    if [ "$opened" = "$nsections" ] && [ "$commands" = "$nsections" ] && [ "$respawns" = "$nsections" ] \
+        && [ "$terms" = "$nsections" ]; then
+        ok "all enabled: $opened instances, one per section, each 'edgepass URL' with respawn and term_timeout > 5 s"
         echo "$out" | sed -n 's/^param command /     /p'
     else
-        bad "all enabled: $opened instances, $commands well-formed commands, $respawns respawns for $nsections sections"
+        bad "all enabled: $opened instances, $commands well-formed commands, $respawns respawns, $terms term_timeouts over 5 s for $nsections sections"
         echo "$out" | sed 's/^/     /'
     fi
 
