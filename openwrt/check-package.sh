@@ -14,7 +14,7 @@
 #      every section enabled -> one instance per section, each `edgepass URL`; a key with
 #      URL delimiters and UTF-8 is percent-encoded in that URL; respawn_* options apply
 #      per section;
-#   3. the UCI file ships every section disabled;
+#   3. the UCI file ships every section disabled (and so does config-examples/edgepass.uci);
 #   4. the packaged binary runs under qemu-<arch> (`--version`) and, when a host server
 #      binary exists (--server, default dist/x86_64-unknown-linux-musl/edgepass), passes
 #      cross/smoke.sh as the tunnel client.
@@ -226,6 +226,25 @@ if printf '%s\n' "${pkgs[@]}" | grep -q '\.apk$'; then
         ok "apkv3.py round trip: $(echo "$out" | grep '^Ran ')"
     else
         bad "apkv3.py round trip failed"; echo "$out" | sed 's/^/     /'
+    fi
+fi
+
+# The example UCI file is copied to routers as it is: like the packaged one, it must not
+# start a tunnel with a CHANGE-ME key.
+example="$repo_root/config-examples/edgepass.uci"
+if [ -f "$example" ]; then
+    echo "==> config-examples/edgepass.uci"
+    if python3 "$here/check_package.py" uci-to-sh "$example" > "$work/example.sh"; then
+        enabled=$(grep -E '^CONFIG_[A-Za-z0-9_]+_enabled=' "$work/example.sh" | grep -vc '_enabled=0$')
+        sections=$(grep -c '_TYPE=tunnel$' "$work/example.sh")
+        disabled=$(grep -c '_enabled=0$' "$work/example.sh")
+        if [ "$enabled" = 0 ] && [ "$disabled" = "$sections" ]; then
+            ok "every section of the example ($sections) ships with enabled '0'"
+        else
+            bad "the example UCI file has sections without enabled '0'"
+        fi
+    else
+        bad "config-examples/edgepass.uci does not parse"
     fi
 fi
 
