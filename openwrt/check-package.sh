@@ -11,9 +11,9 @@
 #      procd_set_param command / respawn, procd_close_instance, config_foreach, and no
 #      procd_set_param file, which would restart every instance on any edit), and a run of
 #      its start_service against stub UCI/procd functions: shipped config -> no instance;
-#      every section enabled -> one instance per section, each `edgepass URL`; a key with
-#      URL delimiters and UTF-8 is percent-encoded in that URL; respawn_* options apply
-#      per section;
+#      every section enabled -> one instance per section, each `edgepass URL`; option key
+#      (URL delimiters, quotes, UTF-8) reaches edgepass as written in EDGEPASS_KEY, not on
+#      the command line; respawn_* options apply per section;
 #   3. the UCI file ships every section disabled (and so does config-examples/edgepass.uci);
 #   4. the packaged binary runs under qemu-<arch> (`--version`) and, when a host server
 #      binary exists (--server, default dist/x86_64-unknown-linux-musl/edgepass), passes
@@ -149,13 +149,14 @@ check_init_and_config() {
         || bad "editing section $first changes the parameters of instances: ${changed:-none}"
 }
 
-# Options of a section beyond the shipped file. The init script percent-encodes the key: a
-# key holding URL delimiters, a quote, a space or non-ASCII text must reach edgepass as one
-# user part that decodes back to it. respawn_* options set procd's respawn per section.
+# Options of a section beyond the shipped file. Option key goes to edgepass in EDGEPASS_KEY,
+# byte for byte (URL delimiters, quotes, spaces and non-ASCII text included), and never on
+# the command line, which every local user can read. respawn_* options set procd's respawn
+# per section.
 check_section_options() {
     local init="$1/etc/init.d/edgepass" out want
-    python3 - "$work/uci-key.sh" "$work/url-key.txt" <<'PY'
-import shlex, sys, urllib.parse
+    python3 - "$work/uci-key.sh" "$work/url-key.txt" "$work/env-key.txt" <<'PY'
+import shlex, sys
 key = "Zx/9+q?#@%:a b==;'\"\u00fc\u20ac~-._"
 with open(sys.argv[1], "w") as f:
     f.write("CONFIG_k_TYPE=tunnel\nCONFIG_k_enabled=1\nCONFIG_k_role=client\n"
@@ -168,14 +169,19 @@ with open(sys.argv[1], "w") as f:
             "CONFIG_b_respawn_timeout=5s\n"
             "CONFIG_SECTIONS='k r b'\n")
 with open(sys.argv[2], "w") as f:
-    f.write(f"client://{urllib.parse.quote(key, safe='')}@vps.example.com:10101/127.0.0.1:22?log=info&noudp=1\n")
+    f.write("client://vps.example.com:10101/127.0.0.1:22?log=info&noudp=1\n")
+with open(sys.argv[3], "w") as f:
+    f.write(f"EDGEPASS_KEY={key}\n")
 PY
+    local want env
     want=$(cat "$work/url-key.txt")
-    out=$(init_harness "$init" "$work/uci-key.sh" 2>&1) || { bad "start_service (key to encode) failed: $out"; return; }
-    if echo "$out" | grep -qxF "param command [/usr/bin/edgepass] [$want]"; then
-        ok "a key with / ? # @ % : space, quotes and UTF-8 is percent-encoded: $want"
+    env=$(cat "$work/env-key.txt")
+    out=$(init_harness "$init" "$work/uci-key.sh" 2>&1) || { bad "start_service (key section) failed: $out"; return; }
+    if echo "$out" | grep -qxF "param command [/usr/bin/edgepass] [$want]" \
+        && echo "$out" | grep -qxF "param env [$env]"; then
+        ok "a key with / ? # @ % : space, quotes and UTF-8 goes in EDGEPASS_KEY as written, not in: $want"
     else
-        bad "the key is not percent-encoded as $want"
+        bad "the key is not passed as [$env] beside the command [$want]"
         echo "$out" | sed 's/^/     /'
     fi
     # Each instance's respawn line: the defaults, the section's own, and the defaults again
