@@ -166,13 +166,9 @@ impl Arena {
     pub async fn lease_pair(self: &Arc<Self>, wait: Duration) -> Option<(Lease, Lease)> {
         let deadline = Instant::now() + wait;
         loop {
-            let first = async { Some(self.permits.acquire_arc().await) }
-                .or(async {
-                    Timer::at(deadline).await;
-                    None
-                })
+            let first = self
+                .lease(deadline.saturating_duration_since(Instant::now()))
                 .await?;
-            let first = self.take(first);
             if let Some(second) = self.try_lease() {
                 return Some((first, second));
             }

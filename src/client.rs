@@ -710,8 +710,8 @@ pub(crate) enum PoolEvent {
 /// The dialing side of an idle pool connection: wait (until `end`) for its opening line,
 /// then carry the TCP user or UDP flow it announces to a target; a `tcpr` user leaves the
 /// connection idle again for the next line. `on` hears each [`PoolEvent`]: `Taken` or
-/// `Closed` once per wait, whatever ended it. Used by the client in reverse flow and by the server in forward
-/// flow.
+/// `Closed` once per wait, whatever ended it. Used by the client in reverse flow and by the
+/// server in forward flow.
 ///
 /// A plain `fn` returning an `async move` block: an `async fn` keeps a second copy of its
 /// arguments in the future (they are moved into locals), which made every pool connection's

@@ -139,12 +139,12 @@ mod flows {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use smol::future::{yield_now, FutureExt};
+    use smol::future::FutureExt;
     use smol::{Async, Timer};
 
     use crate::client::Inner;
     use crate::stats::ActiveGuard;
-    use crate::udp::flows::RECV_BUDGET;
+    use crate::udp::flows::RecvBudget;
     use crate::util::RateLimit;
 
     /// One flow: the socket towards the target and when the source last sent.
@@ -175,7 +175,7 @@ mod flows {
         let epoch = Instant::now();
         let drops = RateLimit::new(Duration::from_secs(1));
         let max = inner.cfg.tuning.udp_buf;
-        let mut handled = 0u32;
+        let mut budget = RecvBudget::default();
         loop {
             let (n, src) = match sock.recv_from(&mut buf).await {
                 Ok(x) => x,
@@ -185,12 +185,8 @@ mod flows {
                     continue;
                 }
             };
-            // A receive and a send are ready at once while datagrams keep coming: yield now
-            // and then, or a flood starves every other task on the thread.
-            handled = handled.wrapping_add(1);
-            if handled % RECV_BUDGET == 0 {
-                yield_now().await;
-            }
+            // Or a flood starves every other task on the thread.
+            budget.spend().await;
             if n > max {
                 inner.stats.udp_dropped.fetch_add(1, Relaxed);
                 continue;

@@ -31,7 +31,23 @@ use crate::util::{accept_backoff, RateLimit};
 
 /// Datagrams a receive loop handles before yielding, so a flood cannot starve other tasks
 /// (this one and the single-end forwarder's).
-pub(crate) const RECV_BUDGET: u32 = 64;
+const RECV_BUDGET: u32 = 64;
+
+/// The datagrams a receive loop handled in a row. A receive and a send are ready at once while
+/// datagrams keep coming, so such a loop never waits on its own: [`RecvBudget::spend`] yields
+/// every [`RECV_BUDGET`] datagrams.
+#[derive(Debug, Default)]
+pub(crate) struct RecvBudget(u32);
+
+impl RecvBudget {
+    /// Count one datagram, and yield to the other tasks when the budget is spent.
+    pub(crate) async fn spend(&mut self) {
+        self.0 = self.0.wrapping_add(1);
+        if self.0 % RECV_BUDGET == 0 {
+            yield_now().await;
+        }
+    }
+}
 /// Largest opening write: the opening line plus the datagrams queued while it was set up.
 const OPENING_WRITE: usize = 2048;
 /// At most one log line per this period about dropped datagrams.
@@ -122,7 +138,7 @@ pub(crate) async fn serve<O: Opener>(
     // One byte more than the largest datagram carried, so a larger one is seen as such.
     let mut buf = vec![0u8; max + 1];
     let limit = RateLimit::new(DROP_LOG_PERIOD);
-    let (mut errors, mut handled) = (0u32, 0u32);
+    let (mut errors, mut budget) = (0u32, RecvBudget::default());
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
             Ok(x) => {
@@ -136,10 +152,7 @@ pub(crate) async fn serve<O: Opener>(
                 continue;
             }
         };
-        handled = handled.wrapping_add(1);
-        if handled % RECV_BUDGET == 0 {
-            yield_now().await;
-        }
+        budget.spend().await;
         if n > max {
             let why = format_args!("larger than UDP_DATA_BUF_SIZE ({max} B)");
             dropped(stats, &limit, src, why);
