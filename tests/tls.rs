@@ -41,6 +41,13 @@ async fn tls_tunnel(target: SocketAddr, server_q: &str, client_q: &str) -> Tunne
     }
 }
 
+/// A `tls=2` tunnel: the server serves `crt` and `key`, the client verifies it against `ca`
+/// for the name `tunnel.test`.
+async fn tls2_tunnel(target: SocketAddr, ca: &str, crt: &str, key: &str) -> Tunnel {
+    let server_q = format!("?tls=2&crt={crt}&key={key}");
+    tls_tunnel(target, &server_q, &format!("?ca={ca}&sni=tunnel.test")).await
+}
+
 /// Private CA files in `dir`: returns (ca, crt, key) paths and the leaf's DER.
 fn ca_files(dir: &Dir, name: &str) -> (String, String, String, Vec<u8>, Ca) {
     let ca = Ca::new("edgepass test CA");
@@ -94,12 +101,7 @@ fn tls2_echo_1mib_private_ca() {
         let dir = Dir::new("tls2-echo");
         let (ca, crt, key, der, _ca) = ca_files(&dir, "tunnel.test");
         let (target, _echo) = echo_server();
-        let t = tls_tunnel(
-            target,
-            &format!("?tls=2&crt={crt}&key={key}"),
-            &format!("?ca={ca}&sni=tunnel.test"),
-        )
-        .await;
+        let t = tls2_tunnel(target, &ca, &crt, &key).await;
         let data = pattern(1 << 20, 9);
         assert!(round_trip(t.public, &data).await == data, "1 MiB echo");
         let addr = t.server.tunnel.unwrap();
@@ -127,12 +129,7 @@ fn tls2_a_certificate_larger_than_a_record_carries_users() {
         let crt = dir.write("server.crt", &crt, 0);
         let key = dir.write("server.key", &key, 0);
         let (target, _echo) = echo_server();
-        let t = tls_tunnel(
-            target,
-            &format!("?tls=2&crt={crt}&key={key}"),
-            &format!("?ca={ca}&sni=tunnel.test"),
-        )
-        .await;
+        let t = tls2_tunnel(target, &ca, &crt, &key).await;
         let data = pattern(256 * 1024, 11);
         assert!(round_trip(t.public, &data).await == data, "256 KiB echo");
         assert_eq!(probe(t.server.tunnel.unwrap()).await.1, sha256(&der));
@@ -237,12 +234,7 @@ fn hot_reload_serves_the_new_certificate_and_keeps_open_connections() {
         let dir = Dir::new("tls2-reload");
         let (ca_path, crt, key, der1, ca) = ca_files(&dir, "tunnel.test");
         let (target, _echo) = echo_server();
-        let t = tls_tunnel(
-            target,
-            &format!("?tls=2&crt={crt}&key={key}"),
-            &format!("?ca={ca_path}&sni=tunnel.test"),
-        )
-        .await;
+        let t = tls2_tunnel(target, &ca_path, &crt, &key).await;
         let tunnel = t.server.tunnel.unwrap();
         assert_eq!(probe(tunnel).await.1, sha256(&der1));
 
