@@ -111,7 +111,7 @@ pub struct Tuning {
     pub udp_buf: usize,
     /// `HANDSHAKE_TIMEOUT`: bound on the authentication exchange.
     pub handshake_timeout: Duration,
-    /// `TCP_DIAL_TIMEOUT`: bound on one TCP connect.
+    /// `TCP_DIAL_TIMEOUT`: bound on one TCP dial (all the addresses of a name together).
     pub dial_timeout: Duration,
     /// `UDP_READ_TIMEOUT`: a UDP flow ends after this much silence.
     pub udp_read_timeout: Duration,

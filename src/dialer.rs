@@ -1,5 +1,6 @@
-//! Outgoing TCP connections of a role: cached name lookups (`dns=`) and a source address
-//! (`dial=IP`), each dial bounded by `TCP_DIAL_TIMEOUT`.
+//! Outgoing TCP connections of a role: cached name lookups (`dns=`), a source address
+//! (`dial=IP`), and the addresses of a name tried RFC 8305 style, the whole dial bounded by
+//! `TCP_DIAL_TIMEOUT`.
 //!
 //! # Implementation
 //! With a source address the socket is bound to `(IP, 0)` before the connect
@@ -8,17 +9,27 @@
 //! more) a warning is logged and every later dial lets the system choose. A target of the
 //! other address family than `dial=` is dialed without a source address.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use smol::Async;
+use smol::{future, Async, Timer};
 
 use crate::config::{Config, Host, HostPort};
 use crate::error::{Error, Result};
 use crate::net;
 use crate::resolve::Cache;
+
+/// How long one address of a name has to connect before the next one is tried beside it
+/// (RFC 8305's "Connection Attempt Delay").
+pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// One address's connect, running beside the others of its name.
+type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Async<TcpStream>>> + Send + 'a>>;
 
 /// Dials for one role; shared by its tasks.
 #[derive(Debug)]
@@ -79,28 +90,67 @@ impl Dialer {
         Ok(addrs)
     }
 
-    /// Resolve `hp` and connect to its addresses in turn (TCP_NODELAY set).
+    /// Resolve `hp` and connect to one of its addresses (TCP_NODELAY set), within the
+    /// dial timeout for all of them together ([`Dialer::connect_any`]).
     pub async fn dial(&self, hp: &HostPort) -> Result<Async<TcpStream>> {
         if let Host::Ip(ip) = hp.host {
             // An IP literal: no lookup and no address list to allocate.
-            return self.connect(SocketAddr::new(ip, hp.port)).await;
+            return self
+                .connect(SocketAddr::new(ip, hp.port), self.timeout)
+                .await;
         }
-        let addrs = self.resolve(hp).await?;
+        let mut addrs = self.resolve(hp).await?;
+        interleave(&mut addrs);
+        self.connect_any(&addrs).await
+    }
+
+    /// Connect to the first of `addrs` that answers, RFC 8305 style: the next attempt starts
+    /// when one fails or [`ATTEMPT_DELAY`] after the last one started, while the earlier ones
+    /// go on; the first to connect wins and the others are dropped. The dial timeout bounds
+    /// them all together, so an address that never answers (a dead IPv6 route, a host that
+    /// drops SYNs) costs a name its first [`ATTEMPT_DELAY`] and not a whole timeout each.
+    pub async fn connect_any(&self, addrs: &[SocketAddr]) -> Result<Async<TcpStream>> {
+        let deadline = Instant::now() + self.timeout;
+        let mut running: Vec<Attempt<'_>> = Vec::with_capacity(addrs.len());
+        let mut next = addrs.iter();
+        let mut stagger = Timer::never();
         let mut last = Error::Timeout("connect");
-        for addr in addrs {
-            match self.connect(addr).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = e,
+        future::poll_fn(|cx| loop {
+            let mut i = 0;
+            while i < running.len() {
+                match running[i].as_mut().poll(cx) {
+                    Poll::Ready(Ok(s)) => return Poll::Ready(Ok(s)),
+                    Poll::Ready(Err(e)) => {
+                        last = e;
+                        drop(running.swap_remove(i));
+                    }
+                    Poll::Pending => i += 1,
+                }
             }
-        }
-        Err(last)
+            if running.is_empty() || Pin::new(&mut stagger).poll(cx).is_ready() {
+                let Some(&addr) = next.next() else {
+                    if running.is_empty() {
+                        let err = std::mem::replace(&mut last, Error::Timeout("connect"));
+                        return Poll::Ready(Err(err));
+                    }
+                    return Poll::Pending;
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                running.push(Box::pin(self.connect(addr, left)));
+                stagger.set_after(ATTEMPT_DELAY);
+                continue;
+            }
+            return Poll::Pending;
+        })
+        .await
     }
 
     /// Connect to one address, from the source address when one is set and usable.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Async<TcpStream>> {
+    /// `timeout` bounds the connect.
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Async<TcpStream>> {
         let src = match self.source {
             Some(ip) if !self.fallback.load(Relaxed) && ip.is_ipv4() == addr.is_ipv4() => ip,
-            _ => return net::connect(addr, self.timeout).await,
+            _ => return net::connect(addr, timeout).await,
         };
         let sock = net::tcp_socket(addr)?;
         if let Err(e) = rustix::net::bind(&sock, &SocketAddr::new(src, 0)) {
@@ -109,8 +159,55 @@ impl Dialer {
                     "dial={src}: cannot bind that address ({e}); letting the system choose from now on"
                 );
             }
-            return net::connect(addr, self.timeout).await;
+            return net::connect(addr, timeout).await;
         }
-        net::connect_socket(sock, addr, self.timeout).await
+        net::connect_socket(sock, addr, timeout).await
+    }
+}
+
+/// Put the addresses of a name in RFC 8305's order: the resolver's first address, then the
+/// first of the other family, and so on alternating, each family in the resolver's order. A
+/// host whose IPv6 route is dead then tries IPv4 second, not after every IPv6 address.
+pub fn interleave(addrs: &mut [SocketAddr]) {
+    let Some(first) = addrs.first() else { return };
+    let mut want_v4 = !first.is_ipv4();
+    for i in 1..addrs.len() {
+        // Bring the next address of the wanted family to `i`, keeping the order of the rest.
+        if let Some(j) = (i..addrs.len()).find(|&j| addrs[j].is_ipv4() == want_v4) {
+            addrs[i..=j].rotate_right(1);
+            want_v4 = !want_v4;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn interleave_alternates_families_from_the_first() {
+        let mut a = addrs(&["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"]);
+        interleave(&mut a);
+        let want = addrs(&["[::1]:1", "10.0.0.1:1", "[::2]:1", "10.0.0.2:1", "[::3]:1"]);
+        assert_eq!(a, want);
+
+        let mut a = addrs(&["10.0.0.1:1", "10.0.0.2:1", "[::1]:1"]);
+        interleave(&mut a);
+        assert_eq!(a, addrs(&["10.0.0.1:1", "[::1]:1", "10.0.0.2:1"]));
+    }
+
+    #[test]
+    fn interleave_keeps_one_family_and_empty_lists_as_they_are() {
+        let one = addrs(&["10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1"]);
+        let mut a = one.clone();
+        interleave(&mut a);
+        assert_eq!(a, one);
+        let mut none: Vec<SocketAddr> = Vec::new();
+        interleave(&mut none);
+        assert!(none.is_empty());
     }
 }

@@ -118,23 +118,6 @@ pub async fn connect_socket(
     Ok(s)
 }
 
-/// Resolve and connect, trying each address in turn.
-pub async fn dial(hp: &HostPort, timeout: Duration) -> Result<Async<TcpStream>> {
-    if let Host::Ip(ip) = hp.host {
-        // An IP literal: no lookup and no address list to allocate.
-        return connect(SocketAddr::new(ip, hp.port), timeout).await;
-    }
-    let addrs = resolve(hp, timeout).await?;
-    let mut last = Error::Timeout("connect");
-    for addr in addrs {
-        match connect(addr, timeout).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
 /// Resolve `hp` and connect a UDP socket to it, bound to the unspecified address of the
 /// target's family (the first address that works).
 pub async fn dial_udp(hp: &HostPort, timeout: Duration) -> Result<Async<UdpSocket>> {

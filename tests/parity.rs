@@ -216,6 +216,47 @@ fn dial_sets_the_source_address() {
     });
 }
 
+/// A listener whose accept queue is full: the kernel drops SYNs to its port, so a connect to
+/// it hangs as it would to a host whose route is dead. Keep both for as long as it should hang.
+fn black_hole() -> (TcpListener, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    rustix::net::listen(&l, 0).unwrap();
+    let filler = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    (l, filler)
+}
+
+#[test]
+fn dial_tries_the_next_address_while_one_hangs() {
+    smol::block_on(async {
+        let (hole, _filler) = black_hole();
+        let hole = hole.local_addr().unwrap();
+        let (echo, _e) = echo_server();
+        // One address at a time, the hung one would keep the dial for its whole minute.
+        let d = Dialer::with(Duration::from_secs(60), None, Duration::ZERO);
+        let s = within(Duration::from_secs(20), d.connect_any(&[hole, echo]))
+            .await
+            .expect("the second address tried while the first hangs")
+            .unwrap();
+        assert_eq!(s.get_ref().peer_addr().unwrap(), echo);
+    });
+}
+
+#[test]
+fn dial_timeout_bounds_all_addresses_together() {
+    smol::block_on(async {
+        let holes: Vec<_> = (0..4).map(|_| black_hole()).collect();
+        let addrs: Vec<_> = holes.iter().map(|h| h.0.local_addr().unwrap()).collect();
+        let timeout = Duration::from_secs(1);
+        let d = Dialer::with(timeout, None, Duration::ZERO);
+        let t0 = Instant::now();
+        let e = d.connect_any(&addrs).await.expect_err("no address answers");
+        let took = t0.elapsed();
+        assert!(matches!(e, edgepass::error::Error::Timeout(_)), "{e}");
+        // Each address with a timeout of its own would take four.
+        assert!(took < 3 * timeout, "took {took:?}");
+    });
+}
+
 #[test]
 fn dial_falls_back_when_the_address_is_not_ours() {
     smol::block_on(async {
