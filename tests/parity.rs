@@ -216,20 +216,13 @@ fn dial_sets_the_source_address() {
     });
 }
 
-/// A listener whose accept queue is full: the kernel drops SYNs to its port, so a connect to
-/// it hangs as it would to a host whose route is dead. Keep both for as long as it should hang.
-fn black_hole() -> (TcpListener, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    rustix::net::listen(&l, 0).unwrap();
-    let filler = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    (l, filler)
-}
-
 #[test]
 fn dial_tries_the_next_address_while_one_hangs() {
     smol::block_on(async {
-        let (hole, _filler) = black_hole();
-        let hole = hole.local_addr().unwrap();
+        let Some((hole, _held, _l)) = blackhole().await else {
+            eprintln!("skipped: connects to a full accept queue do not hang here");
+            return;
+        };
         let (echo, _e) = echo_server();
         // One address at a time, the hung one would keep the dial for its whole minute.
         let d = Dialer::with(Duration::from_secs(60), None, Duration::ZERO);
@@ -244,8 +237,15 @@ fn dial_tries_the_next_address_while_one_hangs() {
 #[test]
 fn dial_timeout_bounds_all_addresses_together() {
     smol::block_on(async {
-        let holes: Vec<_> = (0..4).map(|_| black_hole()).collect();
-        let addrs: Vec<_> = holes.iter().map(|h| h.0.local_addr().unwrap()).collect();
+        let mut holes = Vec::new();
+        for _ in 0..4 {
+            let Some(hole) = blackhole().await else {
+                eprintln!("skipped: connects to a full accept queue do not hang here");
+                return;
+            };
+            holes.push(hole);
+        }
+        let addrs: Vec<_> = holes.iter().map(|h| h.0).collect();
         let timeout = Duration::from_secs(1);
         let d = Dialer::with(timeout, None, Duration::ZERO);
         let t0 = Instant::now();
