@@ -23,7 +23,7 @@ use rustix::mm::{madvise, mmap_anonymous, munmap, Advice, MapFlags, ProtFlags};
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::Timer;
 
-use smol::future::{Future, FutureExt};
+use smol::future::Future;
 
 use crate::poke::Poke;
 
@@ -150,12 +150,7 @@ impl Arena {
         if let Some(l) = self.try_lease() {
             return Some(l);
         }
-        let permit = async { Some(self.permits.acquire_arc().await) }
-            .or(async {
-                Timer::after(wait).await;
-                None
-            })
-            .await?;
+        let permit = crate::timeout::within(wait, self.permits.acquire_arc()).await?;
         Some(self.take(permit))
     }
 

@@ -31,6 +31,7 @@ use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
 use crate::targets::Targets;
+use crate::timeout::bounded;
 #[cfg(feature = "tls")]
 use crate::tls::{self, ClientTls};
 use crate::util::{backoff, RateLimit};
@@ -279,11 +280,8 @@ pub(crate) async fn open(
         handshake::connect(&mut conn, &mut lines, &inner.key, kind, sid, tls, fp).await?;
         Ok((conn, lines))
     };
-    work.or(async {
-        Timer::after(inner.cfg.tuning.handshake_timeout + inner.cfg.tuning.dial_timeout).await;
-        Err(Error::Timeout("handshake"))
-    })
-    .await
+    let limit = inner.cfg.tuning.handshake_timeout + inner.cfg.tuning.dial_timeout;
+    bounded(limit, "handshake", work).await
 }
 
 async fn session(inner: &Arc<Inner>) -> Result<End> {
@@ -294,12 +292,8 @@ async fn session(inner: &Arc<Inner>) -> Result<End> {
     }
     let mode = inner.tls.load(Relaxed);
     let (mut conn, mut lines) = open(inner, mode, Kind::Ctl, None).await?;
-    let reply = async { lines.next(&mut conn).await }
-        .or(async {
-            Timer::after(inner.cfg.tuning.handshake_timeout).await;
-            Err(Error::Timeout("session reply"))
-        })
-        .await?;
+    let limit = inner.cfg.tuning.handshake_timeout;
+    let reply = bounded(limit, "session reply", lines.next(&mut conn)).await?;
     let (sid, max, tcp, udp, forward) = match reply {
         Signal::Session {
             sid,
@@ -616,12 +610,8 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             let (mut conn, mut lines) = open(&inner, pool.tls, Kind::Pool, Some(pool.sid)).await?;
             // The server answers `auth` at once (`pooled` or `err`): bounded as the handshake
             // is, or a server that never answers holds the connection for the whole session.
-            let reply = async { lines.next(&mut conn).await }
-                .or(async {
-                    Timer::after(inner.cfg.tuning.handshake_timeout).await;
-                    Err(Error::Timeout("pooled reply"))
-                })
-                .await?;
+            let limit = inner.cfg.tuning.handshake_timeout;
+            let reply = bounded(limit, "pooled reply", lines.next(&mut conn)).await?;
             match reply {
                 Signal::Pooled { id } => Ok((conn, lines, id)),
                 Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),

@@ -169,10 +169,5 @@ impl Control {
 
 /// Send a line, giving up after `limit` (a peer that stops reading must not stall us).
 async fn send_bounded(conn: &mut Conn, sig: &Signal<'_>, limit: Duration) -> Result<(), Error> {
-    async { send(conn, sig).await }
-        .or(async {
-            Timer::after(limit).await;
-            Err(Error::Timeout("control write"))
-        })
-        .await
+    crate::timeout::bounded(limit, "control write", send(conn, sig)).await
 }

@@ -51,6 +51,7 @@ pub mod splice;
 pub mod stats;
 pub mod stream;
 pub mod targets;
+pub mod timeout;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "udp")]

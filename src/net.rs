@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use smol::future::FutureExt;
 use smol::lock::Semaphore;
-use smol::{Async, Timer};
+use smol::Async;
 
 use crate::config::{Host, HostPort, Tuning};
 use crate::error::{Error, Result};
+use crate::timeout::bounded;
 
 /// Upper bound on addresses tried for one name.
 const MAX_ADDRS: usize = 8;
@@ -40,12 +40,8 @@ pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>
                 })
                 .await
             };
-            let addrs = async { lookup.await.map_err(Error::Io) }
-                .or(async {
-                    Timer::after(timeout).await;
-                    Err(Error::Timeout("name lookup"))
-                })
-                .await?;
+            let lookup = async { lookup.await.map_err(Error::Io) };
+            let addrs = bounded(timeout, "name lookup", lookup).await?;
             if addrs.is_empty() {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::NotFound,
@@ -104,17 +100,13 @@ pub async fn connect_socket(
     if done {
         return Ok(s);
     }
-    async {
+    let connected = async {
         s.writable().await?;
         let err = rustix::net::sockopt::socket_error(s.get_ref()).map_err(io::Error::from)?;
         err.map_err(io::Error::from)?;
         Ok(())
-    }
-    .or(async {
-        Timer::after(timeout).await;
-        Err(Error::Timeout("connect"))
-    })
-    .await?;
+    };
+    bounded(timeout, "connect", connected).await?;
     Ok(s)
 }
 

@@ -92,20 +92,10 @@ impl Poke {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smol::future::FutureExt;
 
     /// Whether `poked` resolves within `limit`.
     fn poked_within(p: &Poke, limit: Duration) -> bool {
-        smol::block_on(
-            async {
-                p.poked().await;
-                true
-            }
-            .or(async {
-                smol::Timer::after(limit).await;
-                false
-            }),
-        )
+        smol::block_on(crate::timeout::within(limit, p.poked())).is_some()
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, SID_LEN};
 use crate::stats::Stats;
 use crate::stream::Conn;
+use crate::timeout::bounded;
 use crate::util::{accept_next, RateLimit};
 use stats::ConnGuard;
 pub use stats::RelayStats;
@@ -223,10 +224,7 @@ async fn conn(
         let hello = handshake::accept_keyed(&mut conn, &mut lines, &pick, mode, fp).await?;
         Ok((conn, hello))
     };
-    let shake = shake.or(async {
-        Timer::after(inner.cfg.tuning.handshake_timeout).await;
-        Err(Error::Timeout("handshake"))
-    });
+    let shake = bounded(inner.cfg.tuning.handshake_timeout, "handshake", shake);
     let Some(res) = inner.pending.run(ticket, shake).await else {
         inner.stats.bad_peers.fetch_add(1, Relaxed);
         return log::debug!("relay: {peer} {EVICTED}");
@@ -261,12 +259,8 @@ async fn next_line<T>(
     lines: &mut LineReader,
     f: impl FnOnce(Signal<'_>) -> Option<T>,
 ) -> Result<Option<T>> {
-    async { Ok(f(lines.next(conn).await?)) }
-        .or(async {
-            Timer::after(inner.cfg.tuning.handshake_timeout).await;
-            Err(Error::Timeout("request line"))
-        })
-        .await
+    let line = async { Ok(f(lines.next(conn).await?)) };
+    bounded(inner.cfg.tuning.handshake_timeout, "request line", line).await
 }
 
 /// Why a reservation's control connection ended.

@@ -32,6 +32,7 @@ use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+use crate::timeout::bounded;
 #[cfg(feature = "tls")]
 use crate::tls::ServerTls;
 use crate::util::{accept_next, RateLimit};
@@ -365,10 +366,7 @@ async fn tunnel_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, t
         let hello = handshake::accept(&mut conn, &mut lines, inner.key.as_ref(), tls, fp).await?;
         Ok((conn, hello))
     };
-    let shake = shake.or(async {
-        Timer::after(timeout).await;
-        Err(Error::Timeout("handshake"))
-    });
+    let shake = bounded(timeout, "handshake", shake);
     let res = inner
         .pending
         .run(ticket, shake)

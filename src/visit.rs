@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use smol::future::FutureExt;
 use smol::io::AsyncWriteExt;
-use smol::{Async, Timer};
+use smol::Async;
 
 use crate::arena::Arena;
 use crate::client::{self, Inner};
@@ -33,6 +33,7 @@ use crate::shutdown::Shutdown;
 use crate::signal::{Kind, Signal};
 use crate::stats::{ActiveGuard, Stats};
 use crate::stream::Conn;
+use crate::timeout::bounded;
 use crate::util::{accept_next, RateLimit};
 
 /// A bound visitor, ready to run.
@@ -180,13 +181,10 @@ async fn await_circuit(
             Signal::Err { code, text } => Err((code, text.to_owned())),
             _ => return Err(ProtoError::Unexpected("expected circuit").into()),
         })
-    }
-    .or(async {
-        // The relay may wait POOL_GET_TIMEOUT for the device's pool before it answers.
-        Timer::after(inner.cfg.tuning.handshake_timeout + inner.cfg.tuning.pool_get_timeout).await;
-        Err(Error::Timeout("circuit reply"))
-    })
-    .await?;
+    };
+    // The relay may wait POOL_GET_TIMEOUT for the device's pool before it answers.
+    let limit = inner.cfg.tuning.handshake_timeout + inner.cfg.tuning.pool_get_timeout;
+    let reply = bounded(limit, "circuit reply", reply).await?;
     match reply {
         Ok(()) => Ok(()),
         Err((code, text)) => {

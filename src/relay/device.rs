@@ -7,15 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smol::future::FutureExt;
-use smol::Timer;
-
 use crate::client::{self, PoolManager};
 use crate::control::{End, Handler};
-use crate::error::{status_text, Error, ProtoError, Result};
+use crate::error::{status_text, ProtoError, Result};
 use crate::lines::send;
 use crate::poke::Poke;
 use crate::signal::{Kind, Signal};
+use crate::timeout::bounded;
 
 /// Shortest refresh period: half the relay's shortest TTL (it announces whole seconds, at
 /// least 1).
@@ -39,11 +37,12 @@ pub(crate) async fn session(inner: &Arc<client::Inner>, name: &str) -> Result<En
             Signal::Err { code, text } => Err((code, text.to_owned())),
             _ => return Err(ProtoError::Unexpected("expected reserved").into()),
         })
-    }
-    .or(async {
-        Timer::after(inner.cfg.tuning.handshake_timeout).await;
-        Err(Error::Timeout("reservation reply"))
-    })
+    };
+    let reply = bounded(
+        inner.cfg.tuning.handshake_timeout,
+        "reservation reply",
+        reply,
+    )
     .await?;
     let (sid, ttl, max) = match reply {
         Ok(x) => x,

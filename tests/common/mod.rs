@@ -46,16 +46,7 @@ pub const FAST: &[(&str, &str)] = &[
     ("HANDSHAKE_TIMEOUT", "500ms"),
 ];
 
-/// `fut`'s output, or `None` after `d`.
-pub async fn within<T>(d: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    use smol::future::FutureExt;
-    async { Some(fut.await) }
-        .or(async {
-            Timer::after(d).await;
-            None
-        })
-        .await
-}
+pub use edgepass::timeout::within;
 
 /// Poll `cond` every few milliseconds until it holds, failing the test after [`WAIT`].
 pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
