@@ -26,6 +26,7 @@ pub fn trim() {
 }
 
 /// Set in the environment of the second start, which never starts a third.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const RESTARTED: &str = "EDGEPASS_HEAP_RESTARTED";
 
 /// With glibc, run this binary again with its per-thread cache off, unless `GLIBC_TUNABLES`

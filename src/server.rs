@@ -7,111 +7,45 @@
 #[cfg(feature = "udp")]
 use std::net::UdpSocket;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use smol::future::FutureExt;
-use smol::{Async, Timer};
+use smol::Async;
 
 use crate::arena::Arena;
-use crate::auth::{self, Key};
-use crate::chunk::Dechunk;
+use crate::auth::Key;
 use crate::client;
 use crate::config::Config;
 use crate::control::{self, Control, Handler};
-use crate::copy;
 use crate::error::{Error, ProtoError, Result};
 use crate::handshake::{self, refuse};
-use crate::idle::IdleQueue;
 use crate::lines::{send, LineReader};
 use crate::net;
 use crate::pending::{Pending, Ticket, EVICTED};
 use crate::rate::Limits;
 use crate::shutdown::Shutdown;
-use crate::signal::{Kind, Signal, MAC_LEN, SID_LEN};
-use crate::stats::{ActiveGuard, Stats};
+use crate::signal::{Kind, Signal, MAC_LEN};
+use crate::stats::Stats;
 use crate::stream::Conn;
 use crate::timeout::bounded;
 #[cfg(feature = "tls")]
 use crate::tls::ServerTls;
 use crate::util::{accept_next, RateLimit};
 
+mod session;
+mod users;
+
+pub use session::{PoolConn, Session};
+pub(crate) use users::accept_users;
+#[cfg(feature = "udp")]
+pub(crate) use users::take_pool;
+
 /// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
 /// never does.
 #[cfg(feature = "tls")]
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// An idle pool connection waiting in the taker's queue.
-pub struct PoolConn {
-    /// Its id within the session.
-    pub id: u32,
-    /// The connection, authenticated and idle.
-    pub conn: Conn,
-}
-
-/// One authenticated client and its idle pool connections.
-pub struct Session {
-    /// The session id pool connections name.
-    pub sid: [u8; SID_LEN],
-    idle: IdleQueue<PoolConn>,
-    /// Forward flow: pool connections the server waits on for the client's opening line
-    /// (they never enter `idle`), counted against `max` as `idle` is.
-    watched: AtomicUsize,
-    next_id: AtomicU32,
-    /// Ends the session's tasks.
-    pub end: Shutdown,
-}
-
-impl Session {
-    /// A new session holding at most `max` idle pool connections.
-    pub(crate) fn new(max: usize) -> Arc<Session> {
-        Arc::new(Session {
-            sid: auth::random::<SID_LEN>(),
-            idle: IdleQueue::new(max),
-            watched: AtomicUsize::new(0),
-            next_id: AtomicU32::new(1),
-            end: Shutdown::new(),
-        })
-    }
-
-    /// Queue an idle pool connection; `false` (and the connection closed) when full.
-    pub(crate) fn offer(&self, pc: PoolConn) -> bool {
-        self.idle.offer(pc).is_ok()
-    }
-
-    /// Idle pool connections queued now.
-    pub(crate) fn idle_len(&self) -> usize {
-        self.idle.len()
-    }
-
-    /// Close up to `n` idle pool connections, the newest first; never one in use.
-    pub(crate) fn trim(&self, n: usize) {
-        self.idle.trim(n, |pc| pc.id);
-    }
-
-    /// Count one more watched pool connection (forward flow), unless `max` are watched
-    /// already: `None` then, and the connection is to be refused as `pool full`.
-    fn watch_slot(&self, max: usize) -> Option<Watched<'_>> {
-        self.watched
-            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| Watched(&self.watched))
-    }
-
-    /// Count a watched pool connection again: a reused one back from its user. Not refused
-    /// (it was counted when it came, and the client's own queue holds at most `max`).
-    fn watch_again(&self) -> Watched<'_> {
-        self.watched.fetch_add(1, Relaxed);
-        Watched(&self.watched)
-    }
-
-    /// Close the session and every idle connection it holds.
-    pub fn close(&self) {
-        self.end.trigger();
-        self.idle.close();
-    }
-}
 
 pub(crate) struct Inner {
     pub cfg: Config,
@@ -189,15 +123,6 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-}
-
-/// One pool connection counted in [`Session::watched`] while alive.
-struct Watched<'a>(&'a AtomicUsize);
-
-impl Drop for Watched<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -575,107 +500,5 @@ impl Handler for Taker {
     fn tick(&mut self) -> (Option<Signal<'static>>, Duration) {
         self.stats.pool_idle.store(self.sess.idle_len(), Relaxed);
         (None, self.tick)
-    }
-}
-
-/// Accept users and carry each on a pool connection of the current session.
-pub(crate) async fn accept_users(inner: Arc<Inner>, l: Async<TcpListener>) {
-    let mut errors = 0u32;
-    loop {
-        let (s, peer) = accept_next("public", &l, &mut errors).await;
-        if inner.cfg.notcp {
-            continue;
-        }
-        if inner.stats.active() >= inner.cfg.slot {
-            inner.stats.refused.fetch_add(1, Relaxed);
-            if inner.refusals.allow() {
-                log::warn!("user {peer} refused: all {} slots in use", inner.cfg.slot);
-            }
-            continue;
-        }
-        // Counted here, not in the task: a burst is accepted before any task runs.
-        let active = ActiveGuard::new(&inner.stats, false);
-        crate::rt::spawn(user_conn(inner.clone(), s, peer, active)).detach();
-    }
-}
-
-/// Take a live idle pool connection, waiting up to `POOL_GET_TIMEOUT` (also for a session);
-/// with the session it came from (to give it back for reuse).
-pub(crate) async fn take_pool(inner: &Inner) -> Option<(Arc<Session>, PoolConn)> {
-    let deadline = Instant::now() + inner.cfg.tuning.pool_get_timeout;
-    loop {
-        let Some(sess) = inner.current() else {
-            // No client yet (or it is reconnecting): look again shortly, until the deadline.
-            if Instant::now() >= deadline {
-                return None;
-            }
-            Timer::after(Duration::from_millis(50)).await;
-            continue;
-        };
-        let got = async { sess.idle.pop().await }
-            .or(async {
-                Timer::at(deadline).await;
-                None
-            })
-            .await;
-        inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
-        match got {
-            Some(pc) if pc.conn.idle_ok() => return Some((sess, pc)),
-            Some(pc) => log::debug!("pool connection {} was closed while idle", pc.id),
-            None if Instant::now() >= deadline => return None,
-            None => {}
-        }
-    }
-}
-
-async fn user_conn(inner: Arc<Inner>, s: Async<TcpStream>, peer: SocketAddr, _active: ActiveGuard) {
-    let wait = inner.cfg.tuning.pool_get_timeout;
-    // No pool connection comes after a stop: give up at once rather than hold the drain.
-    let stopping = async {
-        inner.shutdown.wait().await;
-        None
-    };
-    let Some((sess, mut pc)) = take_pool(&inner).or(stopping).await else {
-        inner.stats.refused.fetch_add(1, Relaxed);
-        if inner.refusals.allow() {
-            log::warn!("user {peer} refused: no pool connection from the client in {wait:?}");
-        }
-        return;
-    };
-    let reuse = inner.cfg.tuning.reuse.applies(pc.conn.is_tls());
-    let id = pc.id;
-    if let Err(e) = send(&mut pc.conn, &Signal::Tcp { id, peer, reuse }).await {
-        log::debug!("user {peer}: pool connection {id} failed: {e}");
-        return;
-    }
-    log::debug!("user {peer} on pool connection {id}");
-    let mut user = Conn::Plain(s);
-    let o = copy::Opts::tcp(
-        &inner.arena,
-        &inner.stats,
-        inner.cfg.read,
-        inner.limits.as_ref(),
-    );
-    if reuse {
-        let chunks = (copy::Pool::B, Dechunk::new());
-        let done = copy::chunked(&mut user, &mut pc.conn, chunks, o).await;
-        match done {
-            Ok((up, down)) => {
-                log::debug!(
-                    "user {peer} done: {up} B up, {down} B down; pool connection {id} reused"
-                );
-                // Back in the queue for the next user, unless the session ended meanwhile.
-                if !sess.end.is_triggered() && sess.offer(pc) {
-                    inner.stats.pool_reused.fetch_add(1, Relaxed);
-                    inner.stats.pool_idle.store(sess.idle_len(), Relaxed);
-                }
-            }
-            Err(e) => log::debug!("user {peer} ended: {e}"),
-        }
-        return;
-    }
-    match copy::conns(&mut user, &mut pc.conn, o, inner.cfg.tuning.splice).await {
-        Ok((up, down)) => log::debug!("user {peer} done: {up} B up, {down} B down"),
-        Err(e) => log::debug!("user {peer} ended: {e}"),
     }
 }
