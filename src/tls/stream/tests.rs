@@ -296,8 +296,87 @@ fn a_stream_waits_for_a_buffer_when_the_arena_is_empty() {
     });
 }
 
-/// user → (plain `a` | this stream `b`) → far, with far's direction ended first: the last
-/// record of a burst, which the socket did not take whole, still reaches far once far reads.
+/// A real TCP socket whose writes stop, once `armed`, after `room` more bytes, until the test
+/// opens it: "the socket did not take the record whole" exactly when the test wants it,
+/// instead of by pacing a slow reader.
+struct Gate {
+    tcp: Async<TcpStream>,
+    ctl: Arc<Mutex<GateCtl>>,
+}
+
+#[derive(Default)]
+struct GateCtl {
+    /// Bytes a write may still pass; `None` while open.
+    room: Option<usize>,
+    /// The writer that found no room, woken when the gate opens.
+    waiting: Option<std::task::Waker>,
+}
+
+impl GateCtl {
+    fn open(&mut self) {
+        self.room = None;
+        if let Some(w) = self.waiting.take() {
+            w.wake();
+        }
+    }
+}
+
+impl AsyncRead for Gate {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gate {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let room = {
+            let mut ctl = self.ctl.lock().expect("gate");
+            match ctl.room {
+                Some(0) => {
+                    ctl.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                room => room.unwrap_or(usize::MAX),
+            }
+        };
+        let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &data[..data.len().min(room)]))?;
+        if let Some(r) = &mut self.ctl.lock().expect("gate").room {
+            *r -= n;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_close(cx)
+    }
+}
+
+impl Readable for Gate {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp.poll_readable(cx)
+    }
+}
+
+impl Readable for TlsStream<Gate> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TlsStream::poll_readable(self, cx)
+    }
+}
+
+/// user → (plain `a` | this stream `b`) → far, with far's direction ended first: a record
+/// the socket took only part of when `a` ran dry still reaches far once the socket has room.
 /// Only the copy's own flush can push it out then: nothing reads or writes `b` any more.
 #[test]
 fn the_tail_of_a_burst_reaches_the_far_side_after_the_other_direction_ended() {
@@ -307,57 +386,81 @@ fn the_tail_of_a_burst_reaches_the_far_side_after_the_other_direction_ended() {
     const STALL: Duration = Duration::from_secs(5);
     smol::block_on(async {
         let s = server_tls();
-        let (mut far, mut b) = pair(&s, true).await;
+        let ctl = Arc::new(Mutex::new(GateCtl::default()));
         let (l, addr) = listener();
+        let (mut far, mut b) = smol::future::zip(
+            async {
+                let tcp = Async::<TcpStream>::connect(addr).await.expect("connect");
+                client_tls()
+                    .connect(1, tcp, false)
+                    .await
+                    .expect("client handshake")
+                    .0
+            },
+            async {
+                let (tcp, _) = l.accept().await.expect("accept");
+                let conn = UnbufferedServerConnection::new(s.current().0).expect("rustls");
+                let gate = Gate {
+                    tcp,
+                    ctl: ctl.clone(),
+                };
+                let mut b = TlsStream::server(gate, conn, s.arena.clone());
+                b.handshake().await.expect("server handshake");
+                b
+            },
+        )
+        .await;
+        // One exchange each way: whatever the handshake left to send (session tickets) is
+        // out before the gate counts.
+        let mut one = [0u8; 1];
+        far.write_all(b"x").await.expect("far write");
+        b.read_exact(&mut one).await.expect("b read");
+        b.write_all(b"y").await.expect("b write");
+        b.flush().await.expect("b flush");
+        far.read_exact(&mut one).await.expect("far read");
         let (user, a) = smol::future::zip(
             async { Async::<TcpStream>::connect(addr).await.expect("connect") },
             async { l.accept().await.expect("accept").0 },
         )
         .await;
-        // Small socket buffers towards far: records keep meeting a full socket.
-        rustix::net::sockopt::set_socket_send_buffer_size(b.tcp().get_ref(), 8192)
-            .expect("SO_SNDBUF");
-        rustix::net::sockopt::set_socket_recv_buffer_size(far.tcp().get_ref(), 8192)
-            .expect("SO_RCVBUF");
         let mut a = Conn::Plain(a);
         let arena = Arena::new(4, 16384).expect("arena");
         let stats = crate::stats::Stats::default();
-        let data = pattern(1 << 20);
+        // One write of the user, one record: the socket takes all of it but 16 bytes.
+        let data = pattern(1000);
         let copy = async {
             let o = crate::copy::Opts::tcp(&arena, &stats, Some(STALL * 4), None);
             let r = crate::copy::bidi(&mut a, &mut b, o).await;
             panic!("the copy ended before far had every byte: {r:?}");
         };
-        let user_side = async {
-            (&user).write_all(&data).await.expect("user write");
-            // The user stays connected and silent.
-            std::future::pending::<()>().await
-        };
-        // A slow reader (it starts late and reads small pieces with a pause between them), so
-        // the copy's last record meets a full socket. The pauses pace far; they do not order
-        // anything.
-        let far_side = async {
-            // far → user ends first.
+        let test = async {
+            // far → user ends first, and the user sees it end.
             far.close().await.expect("far half-close");
-            Timer::after(Duration::from_millis(200)).await;
-            let mut got = Vec::with_capacity(data.len());
-            let mut buf = [0u8; 4096];
-            while got.len() < data.len() {
-                let n = async { Some(far.read(&mut buf).await) }
-                    .or(async {
-                        Timer::after(STALL).await;
-                        None
-                    })
-                    .await;
-                let n = n
-                    .unwrap_or_else(|| panic!("stalled at {} of {} bytes", got.len(), data.len()))
-                    .expect("far read");
-                assert!(n > 0, "end of input after {} bytes", got.len());
-                got.extend_from_slice(&buf[..n]);
-                Timer::after(Duration::from_micros(200)).await;
+            let mut rest = Vec::new();
+            (&user).read_to_end(&mut rest).await.expect("user read");
+            assert!(rest.is_empty());
+            ctl.lock().expect("gate").room = Some(data.len() + 6);
+            (&user).write_all(&data).await.expect("user write");
+            // The copy took every byte, and its write of the record met the closed gate.
+            while stats.tcp_rx.get() < data.len() as u64
+                || ctl.lock().expect("gate").waiting.is_none()
+            {
+                Timer::after(Duration::from_millis(5)).await;
             }
+            ctl.lock().expect("gate").open();
+            let mut got = vec![0u8; data.len()];
+            let read = async { Some(far.read_exact(&mut got).await) };
+            let stalled = async {
+                Timer::after(STALL).await;
+                None
+            };
+            read.or(stalled)
+                .await
+                .expect("the record's tail stayed in the stream")
+                .expect("far read");
             assert!(got == data, "far got the user's bytes, in order");
+            // The user stays connected and silent meanwhile: only the copy's flush moved them.
         };
-        copy.or(user_side.or(far_side)).await;
+        copy.or(test).await;
     });
 }
