@@ -100,47 +100,65 @@ impl Dialer {
                 .await;
         }
         let mut addrs = self.resolve(hp).await?;
-        interleave(&mut addrs);
+        if let Some(v4) = self.pinned() {
+            // The addresses of `dial=`'s family first (stable: in the resolver's order).
+            addrs.sort_by_key(|a| a.is_ipv4() != v4);
+        }
         self.connect_any(&addrs).await
+    }
+
+    /// The family of the source address (`true`: IPv4) while `dial=` is set and usable.
+    fn pinned(&self) -> Option<bool> {
+        let ip = self.source.filter(|_| !self.fallback.load(Relaxed))?;
+        Some(ip.is_ipv4())
     }
 
     /// Connect to the first of `addrs` that answers, RFC 8305 style: the next attempt starts
     /// when one fails or [`ATTEMPT_DELAY`] after the last one started, while the earlier ones
     /// go on; the first to connect wins and the others are dropped. The dial timeout bounds
-    /// them all together, so an address that never answers (a dead IPv6 route, a host that
-    /// drops SYNs) costs a name its first [`ATTEMPT_DELAY`] and not a whole timeout each.
+    /// them all together (no attempt starts after it), so an address that never answers (a
+    /// dead IPv6 route, a host that drops SYNs) costs a name [`ATTEMPT_DELAY`], not a whole
+    /// timeout. With `dial=` set, an address of the other family (dialed without the source
+    /// address) starts only once every attempt before it has failed: the user pinned the path.
     pub async fn connect_any(&self, addrs: &[SocketAddr]) -> Result<Async<TcpStream>> {
         let deadline = Instant::now() + self.timeout;
+        let pinned = self.pinned();
         let mut running: Vec<Attempt<'_>> = Vec::with_capacity(addrs.len());
-        let mut next = addrs.iter();
+        let mut next = addrs.iter().peekable();
         let mut stagger = Timer::never();
         let mut last = Error::Timeout("connect");
         future::poll_fn(|cx| loop {
+            let mut failed = false;
             let mut i = 0;
             while i < running.len() {
                 match running[i].as_mut().poll(cx) {
                     Poll::Ready(Ok(s)) => return Poll::Ready(Ok(s)),
                     Poll::Ready(Err(e)) => {
                         last = e;
+                        failed = true;
                         drop(running.swap_remove(i));
                     }
                     Poll::Pending => i += 1,
                 }
             }
-            if running.is_empty() || Pin::new(&mut stagger).poll(cx).is_ready() {
-                let Some(&addr) = next.next() else {
-                    if running.is_empty() {
-                        let err = std::mem::replace(&mut last, Error::Timeout("connect"));
-                        return Poll::Ready(Err(err));
-                    }
-                    return Poll::Pending;
-                };
-                let left = deadline.saturating_duration_since(Instant::now());
-                running.push(Box::pin(self.connect(addr, left)));
-                stagger.set_after(ATTEMPT_DELAY);
-                continue;
+            // Every Pending below leaves an attempt running, polled above: its connect and
+            // its timer (which ends at the deadline) wake this task.
+            let now = Instant::now();
+            let Some(&&addr) = next.peek().filter(|_| now < deadline) else {
+                if running.is_empty() {
+                    let err = std::mem::replace(&mut last, Error::Timeout("connect"));
+                    return Poll::Ready(Err(err));
+                }
+                return Poll::Pending;
+            };
+            let held = pinned.is_some_and(|v4| addr.is_ipv4() != v4) && !running.is_empty();
+            let due = running.is_empty() || failed || Pin::new(&mut stagger).poll(cx).is_ready();
+            if held || !due {
+                return Poll::Pending;
             }
-            return Poll::Pending;
+            next.next();
+            running.push(Box::pin(self.connect(addr, deadline - now)));
+            stagger.set_after(ATTEMPT_DELAY);
         })
         .await
     }
@@ -162,52 +180,5 @@ impl Dialer {
             return net::connect(addr, timeout).await;
         }
         net::connect_socket(sock, addr, timeout).await
-    }
-}
-
-/// Put the addresses of a name in RFC 8305's order: the resolver's first address, then the
-/// first of the other family, and so on alternating, each family in the resolver's order. A
-/// host whose IPv6 route is dead then tries IPv4 second, not after every IPv6 address.
-pub fn interleave(addrs: &mut [SocketAddr]) {
-    let Some(first) = addrs.first() else { return };
-    let mut want_v4 = !first.is_ipv4();
-    for i in 1..addrs.len() {
-        // Bring the next address of the wanted family to `i`, keeping the order of the rest.
-        if let Some(j) = (i..addrs.len()).find(|&j| addrs[j].is_ipv4() == want_v4) {
-            addrs[i..=j].rotate_right(1);
-            want_v4 = !want_v4;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
-        list.iter().map(|a| a.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn interleave_alternates_families_from_the_first() {
-        let mut a = addrs(&["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"]);
-        interleave(&mut a);
-        let want = addrs(&["[::1]:1", "10.0.0.1:1", "[::2]:1", "10.0.0.2:1", "[::3]:1"]);
-        assert_eq!(a, want);
-
-        let mut a = addrs(&["10.0.0.1:1", "10.0.0.2:1", "[::1]:1"]);
-        interleave(&mut a);
-        assert_eq!(a, addrs(&["10.0.0.1:1", "[::1]:1", "10.0.0.2:1"]));
-    }
-
-    #[test]
-    fn interleave_keeps_one_family_and_empty_lists_as_they_are() {
-        let one = addrs(&["10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1"]);
-        let mut a = one.clone();
-        interleave(&mut a);
-        assert_eq!(a, one);
-        let mut none: Vec<SocketAddr> = Vec::new();
-        interleave(&mut none);
-        assert!(none.is_empty());
     }
 }

@@ -15,6 +15,9 @@ use crate::timeout::bounded;
 
 /// Upper bound on addresses tried for one name.
 const MAX_ADDRS: usize = 8;
+/// Upper bound on addresses read from one lookup, before [`interleave`] picks the
+/// [`MAX_ADDRS`] tried: a name with eight IPv6 addresses still gets its IPv4 ones tried.
+const MAX_LOOKED_UP: usize = 64;
 
 /// Name lookups running at once. Each holds a thread while the system resolver works, and a
 /// lookup that times out here keeps its thread until the resolver answers: with a hung
@@ -23,7 +26,8 @@ const MAX_ADDRS: usize = 8;
 const MAX_LOOKUPS: usize = 4;
 static LOOKUPS: Semaphore = Semaphore::new(MAX_LOOKUPS);
 
-/// Resolve `hp` to socket addresses (IP literals need no lookup), within `timeout`.
+/// Resolve `hp` to socket addresses (IP literals need no lookup), within `timeout`: at most
+/// eight, in [`interleave`]'s order.
 pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>> {
     match &hp.host {
         Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, hp.port)]),
@@ -34,9 +38,12 @@ pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>
                 smol::unblock(move || {
                     // Held until the resolver answers, even after the wait here timed out.
                     let _permit = permit;
-                    query
-                        .to_socket_addrs()
-                        .map(|it| it.take(MAX_ADDRS).collect::<Vec<_>>())
+                    query.to_socket_addrs().map(|it| {
+                        let mut addrs: Vec<_> = it.take(MAX_LOOKED_UP).collect();
+                        interleave(&mut addrs);
+                        addrs.truncate(MAX_ADDRS);
+                        addrs
+                    })
                 })
                 .await
             };
@@ -182,6 +189,21 @@ fn keepalive(s: &impl std::os::fd::AsFd, idle: Duration) -> rustix::io::Result<(
     sockopt::set_tcp_keepcnt(s, KEEPALIVE_PROBES)
 }
 
+/// Put the addresses of a name in RFC 8305's order: the resolver's first address, then the
+/// first of the other family, and so on alternating, each family in the resolver's order. A
+/// host whose IPv6 route is dead then tries IPv4 second, not after every IPv6 address.
+pub fn interleave(addrs: &mut [SocketAddr]) {
+    let Some(first) = addrs.first() else { return };
+    let mut want_v4 = !first.is_ipv4();
+    for i in 1..addrs.len() {
+        // Bring the next address of the wanted family to `i`, keeping the order of the rest.
+        if let Some(j) = (i..addrs.len()).find(|&j| addrs[j].is_ipv4() == want_v4) {
+            addrs[i..=j].rotate_right(1);
+            want_v4 = !want_v4;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +235,32 @@ mod tests {
             held.push(LOOKUPS.acquire().await);
         }
         held
+    }
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn interleave_alternates_families_from_the_first() {
+        let mut a = addrs(&["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1", "10.0.0.2:1"]);
+        interleave(&mut a);
+        let want = addrs(&["[::1]:1", "10.0.0.1:1", "[::2]:1", "10.0.0.2:1", "[::3]:1"]);
+        assert_eq!(a, want);
+
+        let mut a = addrs(&["10.0.0.1:1", "10.0.0.2:1", "[::1]:1"]);
+        interleave(&mut a);
+        assert_eq!(a, addrs(&["10.0.0.1:1", "[::1]:1", "10.0.0.2:1"]));
+    }
+
+    #[test]
+    fn interleave_keeps_one_family_and_empty_lists_as_they_are() {
+        let one = addrs(&["10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1"]);
+        let mut a = one.clone();
+        interleave(&mut a);
+        assert_eq!(a, one);
+        let mut none: Vec<SocketAddr> = Vec::new();
+        interleave(&mut none);
+        assert!(none.is_empty());
     }
 }

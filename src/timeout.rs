@@ -10,16 +10,18 @@ use crate::error::{Error, Result};
 
 /// `fut`'s result, or [`Error::Timeout`] naming `what` once `limit` has passed (`fut` is
 /// dropped then).
-pub async fn bounded<T>(
-    limit: Duration,
-    what: &'static str,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    fut.or(async {
+///
+/// A plain `fn` returning the race itself: an `async fn` would keep a second copy of `fut`
+/// in its future (its arguments are moved into locals), and a pool connection's task holds
+/// its whole handshake in one of these.
+pub fn bounded<T, F>(limit: Duration, what: &'static str, fut: F) -> impl Future<Output = Result<T>>
+where
+    F: Future<Output = Result<T>>,
+{
+    fut.or(async move {
         Timer::after(limit).await;
         Err(Error::Timeout(what))
     })
-    .await
 }
 
 /// `fut`'s output, or `None` once `limit` has passed.

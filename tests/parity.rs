@@ -237,23 +237,56 @@ fn dial_tries_the_next_address_while_one_hangs() {
 #[test]
 fn dial_timeout_bounds_all_addresses_together() {
     smol::block_on(async {
-        let mut holes = Vec::new();
-        for _ in 0..4 {
-            let Some(hole) = blackhole().await else {
-                eprintln!("skipped: connects to a full accept queue do not hang here");
-                return;
-            };
-            holes.push(hole);
-        }
-        let addrs: Vec<_> = holes.iter().map(|h| h.0).collect();
+        let Some((hole, _held, _l)) = blackhole().await else {
+            eprintln!("skipped: connects to a full accept queue do not hang here");
+            return;
+        };
+        // Eight addresses that never answer (the same one eight times will do).
+        let addrs = [hole; 8];
         let timeout = Duration::from_secs(1);
         let d = Dialer::with(timeout, None, Duration::ZERO);
         let t0 = Instant::now();
         let e = d.connect_any(&addrs).await.expect_err("no address answers");
         let took = t0.elapsed();
         assert!(matches!(e, edgepass::error::Error::Timeout(_)), "{e}");
-        // Each address with a timeout of its own would take four.
-        assert!(took < 3 * timeout, "took {took:?}");
+        assert!(took >= timeout, "took {took:?}");
+        // A timeout per attempt, the attempts 250 ms apart, would end after 2.75 s; one after
+        // another, after 8 s.
+        assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+    });
+}
+
+#[test]
+fn dial_keeps_to_the_source_family_while_it_may_answer() {
+    smol::block_on(async {
+        let Some((hole, _held, _l)) = blackhole().await else {
+            eprintln!("skipped: connects to a full accept queue do not hang here");
+            return;
+        };
+        let Ok(v6) = std::net::TcpListener::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback here");
+            return;
+        };
+        let v6 = v6.local_addr().unwrap();
+        // dial=127.0.0.1: the IPv6 address (which would answer at once) waits for the IPv4
+        // one, which never answers, and the dial timeout ends both.
+        let d = Dialer::with(
+            Duration::from_millis(800),
+            Some("127.0.0.1".parse().unwrap()),
+            Duration::ZERO,
+        );
+        let e = d
+            .connect_any(&[hole, v6])
+            .await
+            .expect_err("IPv6 tried beside dial=");
+        assert!(matches!(e, edgepass::error::Error::Timeout(_)), "{e}");
+        // Without dial=, it is tried 250 ms after the first.
+        let d = Dialer::with(Duration::from_secs(60), None, Duration::ZERO);
+        let s = within(Duration::from_secs(20), d.connect_any(&[hole, v6]))
+            .await
+            .expect("IPv6 tried while IPv4 hangs")
+            .unwrap();
+        assert_eq!(s.get_ref().peer_addr().unwrap(), v6);
     });
 }
 
