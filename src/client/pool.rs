@@ -304,7 +304,12 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
             let limit = inner.cfg.tuning.handshake_timeout;
             let reply = bounded(limit, "pooled reply", lines.next(&mut conn)).await?;
             match reply {
-                Signal::Pooled { id } => Ok((conn, lines, id)),
+                Signal::Pooled { id } => Ok(Some((conn, lines, id))),
+                // The server counted its pool full after our `auth`: a refill that crossed a
+                // user's opening line, or connections closing there as this one came. Not a
+                // fault: the ticks dial again while the pool is short. (A refusal before the
+                // handshake, such as a relay's `max-conns`, is an error as any other.)
+                Signal::Err { code: 201, .. } => Ok(None),
                 Signal::Err { code, .. } => Err(ProtoError::Refused(code).into()),
                 _ => Err(Error::Proto(ProtoError::Unexpected("expected pooled"))),
             }
@@ -316,7 +321,10 @@ async fn pool_conn(inner: Arc<Inner>, pool: Arc<Pool>) {
         .await;
         pool.dialing.fetch_sub(1, Relaxed);
         match opened {
-            Ok(x) => x,
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                return log::debug!("client: pool connection refused: the server's pool is full")
+            }
             Err(Error::Shutdown) => return,
             Err(e) => {
                 if inner.warn.allow() {
