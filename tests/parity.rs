@@ -224,14 +224,19 @@ fn dial_tries_the_next_address_while_one_hangs() {
             return;
         };
         let (echo, _e) = echo_server();
-        // One address at a time, the hung one would keep the dial for its whole minute.
-        let d = Dialer::with(Duration::from_secs(60), None, Duration::ZERO);
-        let s = within(Duration::from_secs(20), d.connect_any(&[hole, echo]))
-            .await
-            .expect("the second address tried while the first hangs")
-            .unwrap();
-        assert_eq!(s.get_ref().peer_addr().unwrap(), echo);
+        second_answers_while_first_hangs(hole, echo).await;
     });
+}
+
+/// Dial `[hole, good]` with a minute's timeout and no `dial=`: `good` connects while `hole`
+/// hangs. One address at a time, the hung one would keep the dial for its whole minute.
+async fn second_answers_while_first_hangs(hole: SocketAddr, good: SocketAddr) {
+    let d = Dialer::with(Duration::from_secs(60), None, Duration::ZERO);
+    let s = within(Duration::from_secs(20), d.connect_any(&[hole, good]))
+        .await
+        .expect("the second address tried while the first hangs")
+        .unwrap();
+    assert_eq!(s.get_ref().peer_addr().unwrap(), good);
 }
 
 #[test]
@@ -263,11 +268,11 @@ fn dial_keeps_to_the_source_family_while_it_may_answer() {
             eprintln!("skipped: connects to a full accept queue do not hang here");
             return;
         };
-        let Ok(v6) = std::net::TcpListener::bind("[::1]:0") else {
+        let Ok(l6) = TcpListener::bind("[::1]:0") else {
             eprintln!("skipped: no IPv6 loopback here");
             return;
         };
-        let v6 = v6.local_addr().unwrap();
+        let v6 = l6.local_addr().unwrap();
         // dial=127.0.0.1: the IPv6 address (which would answer at once) waits for the IPv4
         // one, which never answers, and the dial timeout ends both.
         let d = Dialer::with(
@@ -281,12 +286,7 @@ fn dial_keeps_to_the_source_family_while_it_may_answer() {
             .expect_err("IPv6 tried beside dial=");
         assert!(matches!(e, edgepass::error::Error::Timeout(_)), "{e}");
         // Without dial=, it is tried 250 ms after the first.
-        let d = Dialer::with(Duration::from_secs(60), None, Duration::ZERO);
-        let s = within(Duration::from_secs(20), d.connect_any(&[hole, v6]))
-            .await
-            .expect("IPv6 tried while IPv4 hangs")
-            .unwrap();
-        assert_eq!(s.get_ref().peer_addr().unwrap(), v6);
+        second_answers_while_first_hangs(hole, v6).await;
     });
 }
 
