@@ -118,13 +118,24 @@ async fn blackhole() -> Option<(SocketAddr, Vec<Async<TcpStream>>, TcpListener)>
     None
 }
 
+/// [`blackhole`]'s parts, or the end of the test (with a line saying why) where connects to a
+/// full accept queue do not hang.
+macro_rules! blackhole_or_skip {
+    () => {
+        match blackhole().await {
+            Some(hole) => hole,
+            None => {
+                eprintln!("skipped: connects to a full accept queue do not hang here");
+                return;
+            }
+        }
+    };
+}
+
 #[test]
 fn failed_target_is_skipped_for_a_while() {
     smol::block_on(async {
-        let Some((hole, _held, _l)) = blackhole().await else {
-            eprintln!("skipped: connects to a full accept queue do not hang here");
-            return;
-        };
+        let (hole, _held, _l) = blackhole_or_skip!();
         let (up, _echo) = echo_server();
         let timeout = Duration::from_millis(800);
         let env = [("TCP_DIAL_TIMEOUT", "800ms")];
@@ -219,10 +230,7 @@ fn dial_sets_the_source_address() {
 #[test]
 fn dial_tries_the_next_address_while_one_hangs() {
     smol::block_on(async {
-        let Some((hole, _held, _l)) = blackhole().await else {
-            eprintln!("skipped: connects to a full accept queue do not hang here");
-            return;
-        };
+        let (hole, _held, _l) = blackhole_or_skip!();
         let (echo, _e) = echo_server();
         second_answers_while_first_hangs(hole, echo).await;
     });
@@ -242,10 +250,7 @@ async fn second_answers_while_first_hangs(hole: SocketAddr, good: SocketAddr) {
 #[test]
 fn dial_timeout_bounds_all_addresses_together() {
     smol::block_on(async {
-        let Some((hole, _held, _l)) = blackhole().await else {
-            eprintln!("skipped: connects to a full accept queue do not hang here");
-            return;
-        };
+        let (hole, _held, _l) = blackhole_or_skip!();
         // Eight addresses that never answer (the same one eight times will do).
         let addrs = [hole; 8];
         let timeout = Duration::from_secs(1);
@@ -264,10 +269,7 @@ fn dial_timeout_bounds_all_addresses_together() {
 #[test]
 fn dial_keeps_to_the_source_family_while_it_may_answer() {
     smol::block_on(async {
-        let Some((hole, _held, _l)) = blackhole().await else {
-            eprintln!("skipped: connects to a full accept queue do not hang here");
-            return;
-        };
+        let (hole, _held, _l) = blackhole_or_skip!();
         let Ok(l6) = TcpListener::bind("[::1]:0") else {
             eprintln!("skipped: no IPv6 loopback here");
             return;
