@@ -1,4 +1,5 @@
-//! The command line: `edgepass URL`, `--help`, `--version`, and the relay flag form.
+//! The command line: `edgepass URL`, `--check`, `--help`, `--version`, and the relay flag
+//! form.
 //!
 //! `edgepass relay -port 4001 -max-conns 1000` (the DeP2P relay server's flags, single or
 //! double dash, `--flag value` or `--flag=value`) is rewritten into the equivalent
@@ -24,6 +25,8 @@ pub enum Command {
     Version,
     /// Run the role described by the configuration.
     Run(Config),
+    /// `--check`: check the configuration ([`crate::check`]) and exit, 0 or 2.
+    Check(Config),
 }
 
 /// A command line error; its `Display` is one line naming the bad part.
@@ -71,6 +74,8 @@ pub const HELP: &str = concat!(
 USAGE:
     edgepass URL
     edgepass relay [--port 4001] [--host 0.0.0.0] [--key K] [--max-conns N] ...
+    edgepass --check URL | --check relay ...   check it (and the files it names) and exit:
+                                               0 if it would start, 2 and why if not
     edgepass --help | --version
 
 ROLES (URL = scheme://[key@]host:port[/target[,target...]][?key=value&...]):
@@ -183,6 +188,7 @@ pub fn parse_args(
     if p.contains(["-V", "--version"]) {
         return Ok(Command::Version);
     }
+    let check = p.contains("--check");
     let url = match p.subcommand().map_err(pico)? {
         Some(word) if word == "help" => return Ok(Command::Help),
         Some(word) if word == "relay" => relay_url(&mut p)?,
@@ -206,7 +212,12 @@ pub fn parse_args(
         };
         return Err(usage(&s, reason));
     }
-    Ok(Command::Run(config::parse(&url, env)?))
+    let cfg = config::parse(&url, env)?;
+    Ok(if check {
+        Command::Check(cfg)
+    } else {
+        Command::Run(cfg)
+    })
 }
 
 /// Rewrites `-flag` to `--flag` and `--flag=value` to `--flag value`, for flags only: the

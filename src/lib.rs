@@ -111,6 +111,35 @@ pub struct Node {
     relay_stats: Option<Arc<relay::RelayStats>>,
 }
 
+/// What `edgepass --check` checks beyond the URL: what [`bind`] would refuse before binding
+/// anything (a feature this build lacks, tls=2's certificate and key files, a client's `ca=`
+/// file and `sni=` name), without binding, dialing or making a certificate.
+pub fn check(cfg: &Config) -> Result<()> {
+    in_this_build(cfg)?;
+    #[cfg(feature = "tls")]
+    match cfg.role {
+        Role::Server | Role::Relay => tls::check_files(cfg)?,
+        Role::Client | Role::Visit => drop(tls::ClientTls::new(cfg)?),
+    }
+    Ok(())
+}
+
+/// The role and the TLS settings `cfg` asks for are in this build.
+fn in_this_build(cfg: &Config) -> Result<()> {
+    #[cfg(not(feature = "tls"))]
+    if cfg.tls != config::TlsMode::Off
+        || (cfg.role == Role::Client && (cfg.ca.is_some() || cfg.sni.is_some()))
+    {
+        return Err(error::Error::Unsupported("TLS (tls=1, tls=2, ca=, sni=)"));
+    }
+    #[cfg(not(feature = "relay"))]
+    if matches!(cfg.role, Role::Relay | Role::Visit) {
+        return Err(error::Error::Unsupported("the relay and visit roles"));
+    }
+    let _ = cfg;
+    Ok(())
+}
+
 /// Bind what the role listens on (nothing for a client) and prepare it to run.
 ///
 /// Configuration problems found here (tls=2 certificate files, `ca=`) are [`error::Error::Config`]
@@ -119,12 +148,7 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
     if cfg.key.is_none() {
         log::warn!("no key in the URL: the key is the tunnel port number, which anyone can guess");
     }
-    #[cfg(not(feature = "tls"))]
-    if cfg.tls != config::TlsMode::Off
-        || (cfg.role == Role::Client && (cfg.ca.is_some() || cfg.sni.is_some()))
-    {
-        return Err(error::Error::Unsupported("TLS (tls=1, tls=2, ca=, sni=)"));
-    }
+    in_this_build(&cfg)?;
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::with_poke(

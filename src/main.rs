@@ -26,6 +26,21 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Check(cfg)) => {
+            return match edgepass::check(&cfg) {
+                Ok(()) => {
+                    console::out(format_args!(
+                        "edgepass: the {} configuration is valid",
+                        cfg.role
+                    ));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    console::err(format_args!("edgepass: {e}"));
+                    ExitCode::from(2)
+                }
+            };
+        }
         Err(e) => {
             console::err(format_args!("edgepass: {e} (see edgepass --help)"));
             return ExitCode::from(2);

@@ -102,14 +102,8 @@ impl ServerTls {
             TlsMode::Off => return Ok(None),
             TlsMode::SelfSigned => (1, self_signed()?, None),
             TlsMode::Files => {
-                let crt = cfg
-                    .crt
-                    .clone()
-                    .ok_or_else(|| file_err("crt", "tls=2 needs crt"))?;
-                let key = cfg
-                    .key_file
-                    .clone()
-                    .ok_or_else(|| file_err("key", "tls=2 needs key"))?;
+                let (crt, key) = files(cfg)?;
+                let (crt, key) = (crt.to_owned(), key.to_owned());
                 let stamps = [stamp(&crt), stamp(&key)];
                 let loaded = load_files(&crt, &key, now())?;
                 let files = Files {
@@ -198,6 +192,26 @@ impl ServerTls {
 }
 
 /// Seconds since the Unix epoch now.
+/// tls=2's certificate and key file names.
+fn files(cfg: &Config) -> Result<(&str, &str)> {
+    let crt = cfg.crt.as_deref();
+    let key = cfg.key_file.as_deref();
+    Ok((
+        crt.ok_or_else(|| file_err("crt", "tls=2 needs crt"))?,
+        key.ok_or_else(|| file_err("key", "tls=2 needs key"))?,
+    ))
+}
+
+/// tls=2: load the certificate and key files as [`ServerTls::new`] does (every problem an
+/// [`Error::Config`] naming the file), and drop them. Other modes have no files.
+pub fn check_files(cfg: &Config) -> Result<()> {
+    if cfg.tls != TlsMode::Files {
+        return Ok(());
+    }
+    let (crt, key) = files(cfg)?;
+    load_files(crt, key, now()).map(drop)
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

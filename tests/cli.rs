@@ -85,7 +85,16 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_bad_part() {
         ),
     ];
     assert!(!table.is_empty());
-    for &(args, env, bad) in table {
+    // Each as it is, and with --check: the check refuses what a start refuses, the same way.
+    let checked: Vec<Vec<&str>> = table
+        .iter()
+        .map(|(args, ..)| [&["--check"][..], args].concat())
+        .collect();
+    let with_check = table
+        .iter()
+        .zip(&checked)
+        .map(|(&(_, env, bad), args)| (&args[..], env, bad));
+    for (args, env, bad) in table.iter().copied().chain(with_check) {
         let (code, stdout, stderr) = run(args, env);
         assert_eq!(code, 2, "{args:?} {env:?}: exit code; stderr {stderr:?}");
         assert_eq!(stdout, "", "{args:?}: nothing on stdout");
@@ -99,6 +108,37 @@ fn bad_command_lines_exit_2_with_one_line_naming_the_bad_part() {
         assert!(line.starts_with("edgepass: "), "{line:?}");
         assert_eq!(line.matches("--help").count(), 1, "{line:?}");
     }
+}
+
+#[test]
+fn check_passes_a_good_configuration_and_starts_nothing() {
+    let tunnel = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tunnel.local_addr().unwrap().port();
+    // The port is taken: a start would fail there (exit 1), the check binds nothing.
+    let url = format!("server://k@127.0.0.1:{port}/127.0.0.1:0");
+    for (args, role) in [
+        (vec!["--check", &url], "server"),
+        (
+            vec!["-check", "relay", "-port", "4001", "-max-conns", "5"],
+            "relay",
+        ),
+        (
+            vec!["client://k@127.0.0.1:1/127.0.0.1:2", "--check"],
+            "client",
+        ),
+    ] {
+        let (code, stdout, stderr) = run(&args, &[]);
+        assert_eq!((code, stderr.as_str()), (0, ""), "{args:?}");
+        assert_eq!(
+            stdout.trim_end(),
+            format!("edgepass: the {role} configuration is valid")
+        );
+    }
+    let (code, _, stderr) = run(&[&url], &[]);
+    assert_eq!(
+        code, 1,
+        "a start on the taken port fails at run time: {stderr}"
+    );
 }
 
 #[test]

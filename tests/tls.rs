@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use common::bin::run;
 use common::*;
 use edgepass::config::{self, Config};
 use edgepass::tls::suites;
@@ -319,29 +320,17 @@ fn openssl_s_client_sees_tls13_only() {
     });
 }
 
-/// Run the binary with `url`; it must exit 2 at once with one line naming `file`.
+/// Run the binary with `url`, and with `--check url`; each must exit 2 at once with one
+/// line naming `file`.
 fn exits_2_naming(url: &str, file: &str, words: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgepass"))
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{url}: still running");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(2), "{url}: {err}");
+    exits_2_naming_with(&[], url, file, words);
+    exits_2_naming_with(&["--check"], url, file, words);
+}
+
+fn exits_2_naming_with(flags: &[&str], url: &str, file: &str, words: &[&str]) {
+    let args: Vec<&str> = flags.iter().copied().chain([url]).collect();
+    let (code, _, err) = run(&args, &[]);
+    assert_eq!(code, 2, "{args:?}: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(err.contains(file), "{err} should name {file}");
     for w in words {
@@ -432,4 +421,11 @@ fn bad_files_exit_2_naming_the_file() {
     for (url, file, words) in &cases {
         exits_2_naming(url, file, words);
     }
+    // The good pair passes the check, which exits at once without starting the server.
+    let (code, out, err) = run(&["--check", &s(format!("&crt={crt}&key={key}"))], &[]);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    assert_eq!(
+        out.trim_end(),
+        "edgepass: the server configuration is valid"
+    );
 }

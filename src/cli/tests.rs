@@ -45,6 +45,19 @@ fn url_argument() {
 }
 
 #[test]
+fn check_flag_anywhere() {
+    let u = "client://k@vps.example.com:10101/127.0.0.1:22?min=8";
+    for args in [&["--check", u][..], &[u, "--check"], &["-check", u]] {
+        assert_eq!(run(args), Ok(Command::Check(url(u))), "{args:?}");
+    }
+    let relay = url("relay://0.0.0.0:4001?max-conns=5");
+    let args = ["--check", "relay", "--max-conns", "5"];
+    assert_eq!(run(&args), Ok(Command::Check(relay)));
+    // The URL is still parsed: a bad one is refused as without the flag.
+    assert_eq!(run(&["--check", "ftp://x:1"]), run(&["ftp://x:1"]));
+}
+
+#[test]
 fn relay_flags() {
     let want = url("relay://0.0.0.0:4001?max-conns=1000&max-reservations=128");
     assert_eq!(
