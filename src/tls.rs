@@ -191,7 +191,6 @@ impl ServerTls {
     }
 }
 
-/// Seconds since the Unix epoch now.
 /// tls=2's certificate and key file names.
 fn files(cfg: &Config) -> Result<(&str, &str)> {
     let crt = cfg.crt.as_deref();
@@ -212,6 +211,7 @@ pub fn check_files(cfg: &Config) -> Result<()> {
     load_files(crt, key, now()).map(drop)
 }
 
+/// Seconds since the Unix epoch now.
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
