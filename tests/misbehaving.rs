@@ -12,12 +12,19 @@ use common::*;
 /// The session stays up for the whole test: the fake never answers the heartbeats.
 const QUIET: &[(&str, &str)] = &[("HANDSHAKE_TIMEOUT", "500ms"), ("REPORT_INTERVAL", "60s")];
 
+/// A client with a pool of one, against a fake server that answers its pool connections
+/// with `reply`.
+async fn client_against(reply: PoolReply) -> (FakeServer, Running) {
+    let fake = fake_server("k", reply);
+    let url = format!("client://k@{}/127.0.0.1:9?min=1", fake.addr);
+    let client = start_env(&url, QUIET).await;
+    (fake, client)
+}
+
 #[test]
 fn a_pool_connection_never_told_pooled_is_closed_after_the_handshake_timeout() {
     smol::block_on(async {
-        let fake = fake_server("k", PoolReply::Silent);
-        let url = format!("client://k@{}/127.0.0.1:9?min=1", fake.addr);
-        let client = start_env(&url, QUIET).await;
+        let (fake, client) = client_against(PoolReply::Silent).await;
         let st = fake.stats.clone();
         wait_until("a pool connection", || st.pools() >= 1).await;
         let start = Instant::now();
@@ -34,9 +41,7 @@ fn a_pool_connection_never_told_pooled_is_closed_after_the_handshake_timeout() {
 #[test]
 fn pool_connections_closed_while_idle_are_redialed_by_the_ticks_not_at_once() {
     smol::block_on(async {
-        let fake = fake_server("k", PoolReply::PooledThenClose);
-        let url = format!("client://k@{}/127.0.0.1:9?min=1", fake.addr);
-        let client = start_env(&url, QUIET).await;
+        let (fake, client) = client_against(PoolReply::PooledThenClose).await;
         let st = fake.stats.clone();
         wait_until("11 pool connections", || st.pools() >= 11).await;
         let span = {

@@ -48,6 +48,7 @@ impl RecvBudget {
         }
     }
 }
+
 /// Largest opening write: the opening line plus the datagrams queued while it was set up.
 const OPENING_WRITE: usize = 2048;
 /// At most one log line per this period about dropped datagrams.
