@@ -46,8 +46,8 @@ pub async fn resolve(hp: &HostPort, timeout: Duration) -> Result<Vec<SocketAddr>
                     })
                 })
                 .await
-                .map_err(Error::Io)
             };
+            let lookup = async { lookup.await.map_err(Error::Io) };
             let addrs = bounded(timeout, "name lookup", lookup).await?;
             if addrs.is_empty() {
                 return Err(Error::Io(io::Error::new(
