@@ -44,6 +44,8 @@ trap 'rm -rf "$work"' EXIT
 fails=0
 ok() { echo "ok   $*"; }
 bad() { echo "FAIL $*"; fails=$((fails + 1)); }
+# Output under an ok/FAIL line, indented to stand apart from it.
+indent() { sed 's/^/     /'; }
 
 # Stub versions of OpenWrt's config_* (functions.sh) and procd_* (procd.sh) helpers, enough
 # to run start_service and record the instances it asks procd for. The init script runs
@@ -146,7 +148,7 @@ check_init_and_config() {
         echo "$out" | sed -n 's/^param command /     /p'
     else
         bad "all enabled: $opened instances, $commands well-formed commands, $respawns respawns, $terms term_timeouts over 5 s for $nsections sections"
-        echo "$out" | sed 's/^/     /'
+        echo "$out" | indent
     fi
 
     # procd restarts an instance on reload when any of its parameters differ. After an edit
@@ -195,7 +197,7 @@ PY
         ok "a key with / ? # @ % : space, quotes and UTF-8 goes in EDGEPASS_KEY as written, not in: $want"
     else
         bad "the key is not passed as [$env] beside the command [$want]"
-        echo "$out" | sed 's/^/     /'
+        echo "$out" | indent
     fi
     # Each instance's respawn line: the defaults, the section's own, and the defaults again
     # (with a warning) for a value that is not a whole number.
@@ -206,7 +208,7 @@ PY
         ok "respawn_threshold, respawn_timeout and respawn_retry are read per section"
     else
         bad "respawn options per section: got $respawns"
-        echo "$out" | sed 's/^/     /'
+        echo "$out" | indent
     fi
 }
 
@@ -245,7 +247,7 @@ EOF_UCI
         ok "sections the binary refuses (--check) are left out with their reason; the others start"
     else
         bad "refused sections: opened '$opened'"
-        echo "$out" | sed 's/^/     /'
+        echo "$out" | indent
     fi
 }
 
@@ -270,7 +272,7 @@ run_binary() {
     fi
     mkdir -p "$work/dist/$triple"
     cp "$root/usr/bin/edgepass" "$work/dist/$triple/edgepass"
-    if "$repo_root/cross/smoke.sh" --dist "$work/dist" --server "$server" "$triple" | sed 's/^/     /'; then
+    if "$repo_root/cross/smoke.sh" --dist "$work/dist" --server "$server" "$triple" | indent; then
         ok "packaged binary passes the tunnel smoke test"
     else
         bad "packaged binary fails the tunnel smoke test"
@@ -283,7 +285,7 @@ if printf '%s\n' "${pkgs[@]}" | grep -q '\.apk$'; then
     if out=$(python3 "$here/test_apkv3.py" 2>&1); then
         ok "apkv3.py round trip: $(echo "$out" | grep '^Ran ')"
     else
-        bad "apkv3.py round trip failed"; echo "$out" | sed 's/^/     /'
+        bad "apkv3.py round trip failed"; echo "$out" | indent
     fi
 fi
 
