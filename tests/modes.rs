@@ -6,7 +6,7 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::udp::udp_echo;
+use common::udp::{echo_and_udp_sink, udp_echo, UdpFlood};
 use common::*;
 use smol::Async;
 
@@ -105,6 +105,36 @@ fn mode_1_a_burst_of_new_udp_sources_makes_at_most_slot_flows() {
         assert_eq!(stats.udp_dropped.load(Relaxed), SOURCES - 2);
         assert_eq!(stats.refused.load(Relaxed), SOURCES - 2, "refusals counted");
         assert!(stats.active() <= 2, "{} flows open", stats.active());
+    });
+}
+
+/// A UDP flood through a single-end forwarder leaves its TCP side working: the receive loop
+/// yields every few datagrams, where a socket that always has one waiting would otherwise
+/// keep the runtime thread to itself.
+#[test]
+fn mode_1_tcp_is_served_during_a_udp_flood() {
+    smol::block_on(async {
+        let Some((target, _t, _sink)) = echo_and_udp_sink() else {
+            eprintln!("skip: the target's UDP port is taken");
+            return;
+        };
+        let url = format!("client://127.0.0.1:0/{target}?mode=1");
+        let fwd = start_cfg_on(cfg(&url), true).await;
+        let to = fwd.public.expect("listen address");
+        let flood = UdpFlood::start(to);
+        let stats = fwd.stats.clone();
+        wait_until("the flood reaches the target", || {
+            stats.udp_rx.get() > 100_000
+        })
+        .await;
+        let data = pattern(4096, 3);
+        let echoed = within(Duration::from_secs(5), round_trip(to, &data)).await;
+        flood.stop();
+        assert_eq!(
+            echoed.as_deref(),
+            Some(&data[..]),
+            "a TCP connection through the forwarder during the flood"
+        );
     });
 }
 

@@ -375,3 +375,36 @@ fn notcp_forwards_udp_only() {
         assert_eq!(t.client.stats.tcp_rx.get(), 0);
     });
 }
+
+/// A UDP flood on the server's public port leaves its TCP users served, with every task of the
+/// server on one thread. (The server's receive loop only queues each datagram, so it drains
+/// the socket faster than two senders fill it and waits now and then even without its yield;
+/// `mode_1_tcp_is_served_during_a_udp_flood` in tests/modes.rs is the test that needs it.)
+#[test]
+fn tcp_users_are_served_during_a_udp_flood() {
+    smol::block_on(async {
+        let Some((target, _t, _sink)) = echo_and_udp_sink() else {
+            eprintln!("skip: the target's UDP port is taken");
+            return;
+        };
+        let server = start_cfg_on(cfg("server://k@127.0.0.1:0/127.0.0.1:0"), true).await;
+        let tunnel = server.tunnel.expect("tunnel addr");
+        let _client = start(&format!("client://k@{tunnel}/{target}")).await;
+        let stats = server.stats.clone();
+        wait_until("a warm pool", || idle(&stats) > 0).await;
+        let public = server.public.expect("public addr");
+        let flood = UdpFlood::start(public);
+        wait_until("the flood crosses the tunnel", || {
+            stats.udp_rx.get() > 100_000
+        })
+        .await;
+        let data = pattern(4096, 3);
+        let echoed = within(Duration::from_secs(5), round_trip(public, &data)).await;
+        flood.stop();
+        assert_eq!(
+            echoed.as_deref(),
+            Some(&data[..]),
+            "a TCP user of the server during the flood"
+        );
+    });
+}

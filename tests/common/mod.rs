@@ -119,6 +119,13 @@ pub async fn start_env(url: &str, env: &[(&str, &str)]) -> Running {
 
 /// Bind and start a role from a parsed configuration.
 pub async fn start_cfg(cfg: Config) -> Running {
+    start_cfg_on(cfg, false).await
+}
+
+/// [`start_cfg`]; with `one_thread`, the role's own loops run on edgepass's runtime thread
+/// beside every task they spawn, as in the binary (else on smol's, so a test's roles do not
+/// wait on each other).
+pub async fn start_cfg_on(cfg: Config, one_thread: bool) -> Running {
     let stop = Shutdown::new();
     let what = format!("{:?} {}", cfg.role, cfg.tunnel);
     let node = edgepass::bind(cfg, stop.clone())
@@ -129,7 +136,11 @@ pub async fn start_cfg(cfg: Config) -> Running {
         public: node.public_addr(),
         stats: node.stats(),
         stop,
-        task: smol::spawn(node.run()),
+        task: if one_thread {
+            edgepass::rt::spawn(node.run())
+        } else {
+            smol::spawn(node.run())
+        },
     }
 }
 

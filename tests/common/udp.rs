@@ -1,7 +1,10 @@
 //! UDP helpers shared by the UDP tests: an echo target, a user socket, bounded receives.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use smol::future::FutureExt;
 use smol::{Async, Task, Timer};
@@ -65,4 +68,48 @@ pub async fn echo(s: &Async<UdpSocket>, d: &[u8], what: &str) {
     };
     assert_eq!(n, d.len(), "{what}: reply length (boundary not kept)");
     assert!(buf[..n] == *d, "{what}: reply contents differ");
+}
+
+/// A TCP echo target and, on the same address, a UDP socket that never reads: its receive
+/// buffer fills and the kernel drops the rest, so sending to it never waits. `None` when that
+/// UDP port is taken.
+pub fn echo_and_udp_sink() -> Option<(SocketAddr, Task<()>, UdpSocket)> {
+    let (addr, task) = super::echo_server();
+    let sink = UdpSocket::bind(addr).ok()?;
+    Some((addr, task, sink))
+}
+
+/// Two threads sending 32-byte datagrams from one source to `to` as fast as they can, until
+/// [`UdpFlood::stop`] (or [`super::WAIT`]): a receive loop finds one waiting nearly every time.
+pub struct UdpFlood {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl UdpFlood {
+    /// Start flooding `to`.
+    pub fn start(to: SocketAddr) -> UdpFlood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = UdpSocket::bind("127.0.0.1:0").expect("bind flood source");
+        let threads = (0..2)
+            .map(|_| {
+                let (stop, u) = (stop.clone(), source.try_clone().expect("clone"));
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + super::WAIT;
+                    while !stop.load(Relaxed) && Instant::now() < deadline {
+                        let _ = u.send_to(&[0u8; 32], to);
+                    }
+                })
+            })
+            .collect();
+        UdpFlood { stop, threads }
+    }
+
+    /// Stop and wait for the senders.
+    pub fn stop(self) {
+        self.stop.store(true, Relaxed);
+        for t in self.threads {
+            t.join().expect("flood thread");
+        }
+    }
 }
