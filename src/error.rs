@@ -82,6 +82,8 @@ pub enum Error {
     Shutdown,
     /// A feature this build does not have.
     Unsupported(&'static str),
+    /// Not tried: an earlier attempt failed, and the next waits this much longer.
+    HeldBack(std::time::Duration),
 }
 
 impl fmt::Display for Error {
@@ -95,6 +97,7 @@ impl fmt::Display for Error {
             Error::Tls(e) => write!(f, "tls: {e}"),
             Error::Shutdown => f.write_str("shutting down"),
             Error::Unsupported(what) => write!(f, "{what}: not supported by this build"),
+            Error::HeldBack(left) => write!(f, "not tried for {left:.1?} after a failure"),
         }
     }
 }

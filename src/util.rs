@@ -1,4 +1,5 @@
-//! Small shared pieces: accept-error backoff, reconnect backoff with jitter, log rate limiting.
+//! Small shared pieces: accept-error backoff, reconnect backoff with jitter, log rate limiting,
+//! a hold on attempts after failures.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -101,9 +102,76 @@ impl RateLimit {
     }
 }
 
+/// A backoff for attempts that events a peer controls would start (one per datagram, say):
+/// after a failure the next attempts are held back, [`backoff`] from `base` growing with each
+/// failure in a row; a success lifts it.
+#[derive(Debug)]
+pub struct Hold {
+    base: Duration,
+    /// Failures in a row, and until when attempts wait.
+    state: Mutex<(u32, Option<Instant>)>,
+}
+
+impl Hold {
+    /// No hold yet; the first failure holds for about `base`.
+    pub fn new(base: Duration) -> Self {
+        Hold {
+            base,
+            state: Mutex::new((0, None)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (u32, Option<Instant>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How much longer attempts are held back, if they are.
+    pub fn left(&self) -> Option<Duration> {
+        let until = self.state().1?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// An attempt failed: hold the next ones back.
+    pub fn failed(&self) {
+        let mut st = self.state();
+        let pause = backoff(self.base, st.0);
+        *st = (st.0.saturating_add(1), Some(Instant::now() + pause));
+    }
+
+    /// An attempt succeeded: no hold.
+    pub fn succeeded(&self) {
+        *self.state() = (0, None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hold_follows_failures_and_lifts_on_success() {
+        let h = Hold::new(Duration::from_secs(10));
+        assert_eq!(h.left(), None);
+        h.failed();
+        let first = h.left().expect("held after a failure");
+        assert!(first > Duration::from_secs(7) && first <= Duration::from_millis(12_500));
+        h.failed();
+        assert!(
+            h.left().expect("held") > Duration::from_secs(14),
+            "it grows"
+        );
+        for _ in 0..10 {
+            h.failed();
+        }
+        assert!(
+            h.left().expect("held") <= MAX_BACKOFF.mul_f64(1.25),
+            "up to a cap"
+        );
+        h.succeeded();
+        assert_eq!(h.left(), None);
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {

@@ -26,7 +26,7 @@ use crate::arena::Arena;
 use crate::client::{self, Inner};
 use crate::config::Config;
 use crate::copy;
-use crate::error::{status_text, Error, ProtoError, Result};
+use crate::error::{Error, ProtoError, Result};
 use crate::lines::{send, LineReader};
 use crate::net;
 use crate::shutdown::Shutdown;
@@ -168,7 +168,7 @@ async fn open_circuit(inner: &Inner, name: &str) -> Result<(Conn, LineReader)> {
     Ok((conn, lines))
 }
 
-/// Wait for the relay's answer to `connect`: `Ok` on `circuit`; a refusal is logged in words.
+/// Wait for the relay's answer to `connect`: `Ok` on `circuit`, else the refusal's code.
 async fn await_circuit(
     inner: &Inner,
     conn: &mut Conn,
@@ -188,11 +188,7 @@ async fn await_circuit(
     match reply {
         Ok(()) => Ok(()),
         Err((code, text)) => {
-            log::warn!(
-                "visit: relay {} refused a circuit to {name}: {} ({code}): {text}",
-                inner.cfg.tunnel,
-                status_text(code)
-            );
+            log::debug!("visit: the relay's words for its {code} about {name}: {text}");
             Err(ProtoError::Refused(code).into())
         }
     }
@@ -211,7 +207,7 @@ async fn local_conn(
         Ok(x) => x,
         Err(e) => {
             inner.stats.refused.fetch_add(1, Relaxed);
-            if !matches!(e, Error::Proto(ProtoError::Refused(_))) && warn.allow() {
+            if warn.allow() {
                 log::warn!("visit: {peer}: no circuit to {name}: {e}");
             }
             // Dropping `local` closes it at once: the user sees the refusal immediately.
@@ -238,6 +234,7 @@ async fn local_conn(
 mod udp {
     use std::net::{SocketAddr, UdpSocket};
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use smol::io::AsyncWriteExt;
     use smol::Async;
@@ -245,20 +242,28 @@ mod udp {
     use super::{await_circuit, dial_relay};
     use crate::arena::Arena;
     use crate::client::Inner;
-    use crate::error::{ProtoError, Result};
+    use crate::error::{Error, ProtoError, Result};
     use crate::signal::{Line, Signal};
     use crate::udp::flows::{self, opening, Flows, Opened, Opener};
     use crate::udp::Queue;
+    use crate::util::Hold;
+
+    /// First pause of new flows after a circuit failed (doubling while they keep failing).
+    const HOLD: Duration = Duration::from_secs(1);
 
     /// A visitor's flows open a circuit each: `connect <name> udp`, the frames queued
     /// meanwhile in the same write, then `circuit`.
     struct CircuitOpener {
         inner: Arc<Inner>,
         name: Arc<str>,
+        /// After a failed circuit, new flows wait before they dial: any local sender makes a
+        /// flow per source port, and without it each datagram would cost the relay a
+        /// handshake while the name is refused or the relay is down.
+        hold: Hold,
     }
 
-    impl Opener for CircuitOpener {
-        async fn open(&self, src: SocketAddr, queue: &Mutex<Queue>) -> Result<Opened> {
+    impl CircuitOpener {
+        async fn circuit(&self, src: SocketAddr, queue: &Mutex<Queue>) -> Result<Opened> {
             let (inner, name) = (&*self.inner, &*self.name);
             let (mut conn, mut lines) = dial_relay(inner).await?;
             let line = Signal::Connect { name, udp: true }.encode();
@@ -274,6 +279,21 @@ mod udp {
         }
     }
 
+    impl Opener for CircuitOpener {
+        async fn open(&self, src: SocketAddr, queue: &Mutex<Queue>) -> Result<Opened> {
+            if let Some(left) = self.hold.left() {
+                return Err(Error::HeldBack(left));
+            }
+            let opened = self.circuit(src, queue).await;
+            match &opened {
+                Ok(_) => self.hold.succeeded(),
+                Err(Error::Shutdown) => {}
+                Err(_) => self.hold.failed(),
+            }
+            opened
+        }
+    }
+
     /// The receive loop of the visitor's UDP socket: runs until cancelled.
     pub(super) async fn serve(
         inner: Arc<Inner>,
@@ -286,6 +306,7 @@ mod udp {
         let opener = CircuitOpener {
             inner: inner.clone(),
             name,
+            hold: Hold::new(HOLD),
         };
         let table = Flows::new(opener, cfg, stats, shutdown);
         flows::serve(Arc::new(table), sock, arena).await;

@@ -248,6 +248,33 @@ fn unknown_name_gives_204_and_the_visitor_closes_at_once() {
     });
 }
 
+/// A `visit` started with the wrong key says so in its log when a user's connection is
+/// refused, rather than closing it without a word.
+#[test]
+fn a_visitor_with_the_wrong_key_logs_why() {
+    use common::bin::{spawn, wait_line};
+    smol::block_on(async {
+        let relay = Relay::start("relay://k@127.0.0.1:0").await;
+        let url = format!("visit://wrong@{}/127.0.0.1:0?name=cam", relay.addr);
+        let (_visit, lines) = spawn(&url, &[]);
+        let line = wait_line(&lines, "reaches cam through relay");
+        let local: SocketAddr = line
+            .split_once("visit: ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no local address in {line:?}"));
+        let mut user = Async::<TcpStream>::connect(local).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let read = within(WAIT, user.read(&mut buf)).await;
+        assert!(
+            matches!(read, Some(Ok(0)) | Some(Err(_))),
+            "closed: {read:?}"
+        );
+        let why = wait_line(&lines, "no circuit to cam");
+        assert!(why.contains("(202), wrong key?"), "{why}");
+    });
+}
+
 #[test]
 fn wrong_key_gives_202() {
     smol::block_on(async {

@@ -186,3 +186,44 @@ fn udp_crosses_a_tls_relay() {
         assert_eq!(open(&s.relay.stats), 1, "one UDP circuit");
     });
 }
+
+/// Datagrams for a name the relay refuses do not each cost the relay a handshake: after a
+/// failed circuit, new flows wait a second (doubling while they keep failing) before dialing.
+#[test]
+fn a_refused_name_is_not_redialed_for_every_datagram() {
+    /// Datagrams sent, each once the one before has been refused.
+    const SENT: usize = 20;
+    smol::block_on(async {
+        let stop = edgepass::shutdown::Shutdown::new();
+        let node = edgepass::bind(cfg("relay://k@127.0.0.1:0"), stop.clone())
+            .await
+            .expect("bind the relay");
+        let addr = node.tunnel_addr().expect("relay addr");
+        let relay = node.relay_stats().expect("relay stats");
+        let _relay = smol::spawn(node.run());
+        let visitor = start(&format!("visit://k@{addr}/127.0.0.1:0?name=nope")).await;
+        let to = visitor.public.expect("visitor addr");
+        let stats = visitor.stats.clone();
+        let user = UdpSocket::bind("127.0.0.1:0").expect("bind user");
+        let started = Instant::now();
+        for i in 1..=SENT {
+            user.send_to(b"q", to).expect("send");
+            wait_until("the datagram's flow refused", || {
+                stats.refused.load(Relaxed) >= i
+            })
+            .await;
+        }
+        // The hold after the first refusal is 0.75-1.25 s; a slow run may see it end once.
+        let asked = relay.refused(204);
+        let most = if started.elapsed() < Duration::from_millis(750) {
+            1
+        } else {
+            2
+        };
+        assert!(
+            (1..=most).contains(&asked),
+            "{asked} circuits asked for {SENT} datagrams in {:?}",
+            started.elapsed()
+        );
+    });
+}

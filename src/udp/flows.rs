@@ -22,7 +22,7 @@ use smol::Async;
 use super::relay::{lock, Meters, Push, Queue, Relay, Source};
 use crate::arena::{Arena, Lease};
 use crate::config::Config;
-use crate::error::{Error, ProtoError, Result};
+use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::signal::Line;
 use crate::stats::{ActiveGuard, Stats};
@@ -99,6 +99,8 @@ pub(crate) struct Flows<O> {
     /// A flow ends after this long without a datagram (`UDP_READ_TIMEOUT`).
     idle: Duration,
     map: Mutex<HashMap<SocketAddr, Arc<Flow>>>,
+    /// Flows that got no connection: logged at most once per [`DROP_LOG_PERIOD`].
+    refusals: RateLimit,
 }
 
 impl<O: Opener> Flows<O> {
@@ -112,6 +114,7 @@ impl<O: Opener> Flows<O> {
             max: cfg.tuning.udp_buf,
             idle: cfg.tuning.udp_read_timeout,
             map: Mutex::default(),
+            refusals: RateLimit::new(DROP_LOG_PERIOD),
         }
     }
 
@@ -252,13 +255,12 @@ async fn run_flow<O: Opener>(
     }
     match res {
         Ok(()) => log::debug!("udp: flow {src} closed by the far side"),
-        // The opener has logged a refusal with its status code already.
-        Err((true, Error::Proto(ProtoError::Refused(_)))) => {
-            st.refused.fetch_add(1, Relaxed);
-        }
+        // Each datagram of a new source can end here: a flood must not flood the log too.
         Err((true, e)) => {
             st.refused.fetch_add(1, Relaxed);
-            log::warn!("udp: flow {src} refused: {e}");
+            if flows.refusals.allow() {
+                log::warn!("udp: no connection for flow {src}: {e}");
+            }
         }
         Err((_, Error::Io(e))) if e.kind() == io::ErrorKind::TimedOut => {
             log::debug!("udp: flow {src} ended after {:?} idle", flows.idle)
