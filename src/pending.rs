@@ -66,6 +66,14 @@ impl Pending {
         Ticket { id, evicted }
     }
 
+    /// Close the oldest pending handshake, if there is one (its task ends soon after): for
+    /// a port whose connection limit is reached, where the new connection should rather take
+    /// the place of a handshake that may never finish. Whether one was closed.
+    pub fn evict_oldest(&self) -> bool {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        t.q.pop_front().is_some()
+    }
+
     /// Handshakes pending now.
     pub fn len(&self) -> usize {
         self.table.lock().unwrap_or_else(|e| e.into_inner()).q.len()
@@ -119,6 +127,11 @@ mod tests {
             assert_eq!(p.len(), 1);
             assert_eq!(p.run(c, async { 8 }).await, Some(8));
             assert!(p.is_empty());
+            assert!(!p.evict_oldest(), "nothing to evict");
+            let (d, e) = (p.enter(), p.enter());
+            assert!(p.evict_oldest());
+            assert_eq!(p.run(d, std::future::pending::<()>()).await, None);
+            assert_eq!(p.run(e, async { 9 }).await, Some(9));
         });
     }
 

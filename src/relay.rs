@@ -183,7 +183,10 @@ async fn accept(inner: Arc<Inner>, l: Async<TcpListener>) {
     loop {
         let (s, peer) = accept_next("relay", &l, &mut errors).await;
         let limit = inner.cfg.relay.max_conns;
-        if inner.rstats.conns.load(Relaxed) >= limit {
+        // At the limit, a handshake still pending makes room: silent connections must not
+        // lock devices and visitors out. The count can pass the limit by the handshakes so
+        // closed until their tasks end (at most `SEMAPHORE_LIMIT`).
+        if inner.rstats.conns.load(Relaxed) >= limit && !inner.pending.evict_oldest() {
             inner.rstats.refuse(201);
             // One non-blocking write: the peer reads a status instead of a bare close.
             let _ = s.get_ref().write(b"err 201 max-conns reached\n");

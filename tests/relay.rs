@@ -428,11 +428,13 @@ fn refreshed_reservations_live_and_silent_ones_lapse() {
 #[test]
 fn connection_and_circuit_limits() {
     smol::block_on(async {
-        // Over max-conns, a new connection reads `err 201` and is closed.
+        // Over max-conns, with no handshake pending to make room, a new connection reads
+        // `err 201` and is closed.
         let relay = Relay::start("relay://k@127.0.0.1:0?max-conns=2").await;
         let (r, _c) = reserve(relay.addr, "k", "a", 1).await;
         assert_eq!(r, Reply::Ok);
-        let _idle = Async::<TcpStream>::connect(relay.addr).await.unwrap();
+        let (r, _c2) = reserve(relay.addr, "k", "b", 1).await;
+        assert_eq!(r, Reply::Ok);
         wait_until("two connections", || relay.stats.conns.load(Relaxed) == 2).await;
         let e = dial(relay.addr, "k", Kind::Connect).await.err().unwrap();
         assert!(e.to_string().contains("(201)"), "{e}");
@@ -502,5 +504,33 @@ fn silent_connections_do_not_lock_devices_and_visitors_out() {
         assert_eq!(fetch(v.public.unwrap()).await, b"cam");
         let took = start.elapsed();
         assert!(took < Duration::from_secs(5), "{took:?}");
+    });
+}
+
+/// The same at `max-conns`: silent connections that fill every connection the relay allows
+/// are closed, oldest first, for devices and visitors, instead of turning them away with 201.
+#[test]
+fn silent_connections_at_max_conns_make_room() {
+    /// Below `MAX_PENDING`: every silent one is still pending when the limit is reached.
+    const LIMIT: usize = 40;
+    smol::block_on(async {
+        let env = &[("HANDSHAKE_TIMEOUT", "60s")];
+        let url = format!("relay://k@127.0.0.1:0?max-conns={LIMIT}");
+        let relay = Relay::start_env(&url, env).await;
+        let _silent = silent(relay.addr, LIMIT).await;
+        wait_until("every silent connection accepted", || {
+            relay.stats.conns.load(Relaxed) == LIMIT
+        })
+        .await;
+        let (target, _t) = name_server("cam");
+        let _d = device(relay.addr, "k", target, "cam").await;
+        wait_until("the reservation", || relay.reservations() == 1).await;
+        let v = visitor(relay.addr, "k", "cam").await;
+        assert_eq!(fetch(v.public.unwrap()).await, b"cam");
+        assert_eq!(relay.stats.refused(201), 0, "nobody turned away");
+        wait_until("back within the limit", || {
+            relay.stats.conns.load(Relaxed) <= LIMIT
+        })
+        .await;
     });
 }
