@@ -145,10 +145,8 @@ fn in_this_build(cfg: &Config) -> Result<()> {
 /// Configuration problems found here (tls=2 certificate files, `ca=`) are [`error::Error::Config`]
 /// and nothing is bound; the binary exits 2 for them.
 pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
-    if cfg.key.is_none() {
-        log::warn!("no key in the URL: the key is the tunnel port number, which anyone can guess");
-    }
     in_this_build(&cfg)?;
+    let keyless = cfg.key.is_none();
     let stats = Arc::new(Stats::default());
     // Two buffers per concurrent session: one per direction.
     let arena = Arena::with_poke(
@@ -217,6 +215,12 @@ pub async fn bind(cfg: Config, shutdown: Shutdown) -> Result<Node> {
             return Err(error::Error::Unsupported("the relay and visit roles"))
         }
     };
+    // A single-end forwarder has no tunnel, so no key.
+    if keyless && !matches!(role, Role_::Forward(_)) {
+        log::warn!(
+            "no key given (key@ in the URL, or EDGEPASS_KEY): the key is the tunnel port number, which anyone can guess"
+        );
+    }
     #[cfg(feature = "relay")]
     let relay_stats = match &role {
         Role_::Relay(r) => Some(r.relay_stats()),

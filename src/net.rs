@@ -172,12 +172,17 @@ pub async fn listen(hp: &HostPort, tuning: &Tuning) -> Result<Async<TcpListener>
                 }
                 return Ok(l);
             }
-            Err(e) => last = Some(e),
+            Err(e) => last = Some(bind_error("TCP", addr, e)),
         }
     }
     Err(Error::Io(
         last.unwrap_or_else(|| io::Error::other("nothing to bind")),
     ))
+}
+
+/// `e` naming the address that could not be bound, of the same kind (callers look at it).
+pub fn bind_error(proto: &str, addr: SocketAddr, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr} ({proto}): {e}"))
 }
 
 /// TCP keepalive on `s`: probes after `idle` without traffic, then every third of it.

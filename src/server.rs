@@ -163,7 +163,7 @@ impl Server {
                 Ok(l) => Some(l),
                 Err(e) => {
                     log::info!(
-                        "mode=0: cannot listen on {target} ({e}): forward flow, the client accepts users and this server dials {target}"
+                        "mode=0: {e}: forward flow, the client accepts users and this server dials {target}"
                     );
                     None
                 }

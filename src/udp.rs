@@ -62,10 +62,10 @@ pub(crate) async fn bind_beside(
                 return Ok((users, s));
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && hp.port == 0 => {
-                last = Some(e);
+                last = Some(net::bind_error("UDP", addr, e));
                 users = net::listen(hp, tuning).await?;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(net::bind_error("UDP", addr, e).into()),
         }
     }
     Err(Error::Io(last.unwrap_or_else(|| {

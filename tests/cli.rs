@@ -139,6 +139,11 @@ fn check_passes_a_good_configuration_and_starts_nothing() {
         code, 1,
         "a start on the taken port fails at run time: {stderr}"
     );
+    let taken = format!("cannot listen on 127.0.0.1:{port} (TCP): ");
+    assert!(
+        stderr.contains(&taken),
+        "the line names the address: {stderr}"
+    );
 }
 
 #[test]
@@ -297,4 +302,32 @@ fn output_into_a_closed_pipe_is_dropped_not_a_crash() {
         let got = child.exit_within(Duration::from_secs(5));
         assert_eq!(got, Some(code), "{args:?}");
     }
+}
+
+/// A role that dials or accepts tunnel connections without a key warns that the key is the
+/// port; a single-end forwarder, which has no tunnel, does not.
+#[test]
+fn only_a_tunnel_without_a_key_is_warned_about() {
+    const WARNING: &str = "no key given";
+    let started = |url: &str, first_line: &str| {
+        let (_child, lines) = spawn(url, &[]);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let done = line.contains(first_line);
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+        panic!("{url}: no line with {first_line:?} in {seen:?}");
+    };
+    let server = started("server://127.0.0.1:0/127.0.0.1:0", "server: tunnel on");
+    assert!(server.iter().any(|l| l.contains(WARNING)), "{server:?}");
+    let forwarder = started("client://127.0.0.1:0/127.0.0.1:9?mode=1", "forward: ");
+    assert!(
+        !forwarder.iter().any(|l| l.contains(WARNING)),
+        "{forwarder:?}"
+    );
 }
