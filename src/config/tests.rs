@@ -93,7 +93,7 @@ fn good_urls() {
 fn every_key() {
     let cfg = ok(
         "server://k@:443/:8080?log=event&tls=2&crt=/etc/ep/c.pem&key=/etc/ep/k%20y.pem\
-         &ca=ca.pem&sni=vps.example.com&min=0&max=65536&slot=7&read=1m30s&mode=2&rate=100\
+         &min=0&max=65536&slot=7&read=1m30s&mode=2&rate=100\
          &proxy=2&dial=192.0.2.7&dns=0&notcp=1&noudp=0&name=a&max-conns=5\
          &max-reservations=6&max-per-ip=1&max-circuits=2&circuit-duration=2m\
          &circuit-bytes=1048576&ttl=10m&stats=1s&visit-key=v%26k&&",
@@ -102,8 +102,6 @@ fn every_key() {
     assert_eq!(cfg.tls, TlsMode::Files);
     assert_eq!(cfg.crt.as_deref(), Some("/etc/ep/c.pem"));
     assert_eq!(cfg.key_file.as_deref(), Some("/etc/ep/k y.pem"));
-    assert_eq!(cfg.ca.as_deref(), Some("ca.pem"));
-    assert_eq!(cfg.sni.as_deref(), Some("vps.example.com"));
     assert_eq!((cfg.min, cfg.max, cfg.slot), (0, 65536, 7));
     assert_eq!(cfg.read, Some(Duration::from_secs(90)));
     assert_eq!((cfg.mode, cfg.rate, cfg.proxy), (2, Some(100), 2));
@@ -123,6 +121,10 @@ fn every_key() {
         visit_key: Some("v&k".to_owned()),
     };
     assert_eq!(cfg.relay, want);
+
+    let cfg = ok("client://k@h:1/t:2?ca=ca.pem&sni=vps.example.com");
+    assert_eq!(cfg.ca.as_deref(), Some("ca.pem"));
+    assert_eq!(cfg.sni.as_deref(), Some("vps.example.com"));
 
     let cfg = ok("client://h:1/t:2?read=0&rate=0&dial=auto&circuit-duration=0&circuit-bytes=0");
     assert_eq!((cfg.read, cfg.rate, cfg.dial), (None, None, None));
@@ -206,6 +208,11 @@ fn bad_inputs() {
         ("server://h:1/t:2?max=0", "max=0"),
         ("server://h:1/t:2?max=99999999999999999999999", "max=9999"),
         ("server://h:1/t:2?min=9&max=8", "min=9&max=8"),
+        ("server://h:1/t:2?tls=2&crt=c&key=k&ca=ca.pem", "ca"),
+        ("relay://h:1?sni=name", "sni"),
+        ("client://k@h:1/t:2?tls=1&ca=ca.pem", "ca"),
+        ("server://h:1/t:2?notcp=1&noudp=1", "notcp=1&noudp=1"),
+        ("visit://h:1/t:2?name=x&notcp=1&noudp=1", "notcp=1&noudp=1"),
         ("server://h:1/t:2?min=65", "min=65&max=64"),
         ("server://h:1/t:2?tls=3", "tls=3"),
         ("server://h:1/t:2?tls=2", "crt"),

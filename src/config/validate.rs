@@ -7,7 +7,9 @@ use super::{Config, ConfigError, Role, TlsMode};
 pub(super) fn validate(cfg: &Config, base: &str) -> Result<(), ConfigError> {
     if cfg.min > cfg.max {
         let part = format!("min={}&max={}", cfg.min, cfg.max);
-        return Err(err(&part, "min must not exceed max"));
+        let why =
+            "min must not exceed max (min= and max=, or MIN_POOL_CAPACITY and MAX_POOL_CAPACITY)";
+        return Err(err(&part, why));
     }
     if cfg.tls == TlsMode::Files && matches!(cfg.role, Role::Server | Role::Relay) {
         if cfg.crt.is_none() {
@@ -33,6 +35,25 @@ pub(super) fn validate(cfg: &Config, base: &str) -> Result<(), ConfigError> {
                 "crt= and key= (relay flags --crt, --key-file) are the certificate and private key files of tls=2: add tls=2",
             ));
         }
+    }
+    let dials = matches!(cfg.role, Role::Client | Role::Visit);
+    let verify = [("ca", cfg.ca.is_some()), ("sni", cfg.sni.is_some())];
+    if let Some(&(part, _)) = verify.iter().find(|(_, set)| *set) {
+        if !dials {
+            return Err(err(
+                part,
+                "ca= and sni= are how a client or visitor checks tls=2's certificate; a server's is crt= and key=",
+            ));
+        }
+        if cfg.tls == TlsMode::SelfSigned && part == "ca" {
+            return Err(err(
+                part,
+                "ca= checks a certificate chain (tls=2), tls=1 pins the server's own certificate: drop one",
+            ));
+        }
+    }
+    if cfg.notcp && cfg.noudp && cfg.role != Role::Relay {
+        return Err(err("notcp=1&noudp=1", "nothing left to forward"));
     }
     match cfg.role {
         Role::Server | Role::Client if cfg.targets.is_empty() => Err(err(
