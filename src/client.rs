@@ -114,7 +114,14 @@ impl Client {
                         continue;
                     }
                     None => {
-                        log::warn!("client: cannot open a session with {server}: {e}");
+                        // A relay answers a tunnel session's `hello` with 401.
+                        let hint = match e {
+                            Error::Proto(ProtoError::Refused(401)) => {
+                                " (is it a relay? a device reserves a name there with name=)"
+                            }
+                            _ => "",
+                        };
+                        log::warn!("client: cannot open a session with {server}: {e}{hint}");
                         inner.forget_tls();
                     }
                 },

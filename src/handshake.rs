@@ -48,9 +48,20 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
     tls: u8,
     fp: Option<[u8; MAC_LEN]>,
 ) -> Result<Hello> {
-    let (kind, cnonce) = match lines.next(s).await? {
-        Signal::Hello { kind, cnonce } => (kind, cnonce),
-        _ => return Err(ProtoError::Unexpected("expected hello").into()),
+    let hello = match lines.next(s).await {
+        Ok(Signal::Hello { kind, cnonce }) => Ok((kind, cnonce)),
+        Ok(_) => Err(ProtoError::Unexpected("expected hello").into()),
+        Err(e) => Err(e),
+    };
+    let (kind, cnonce) = match hello {
+        Ok(h) => h,
+        // A client that speaks TLS first (tls=1 or 2 in its URL) to a port without TLS.
+        Err(Error::Signal(_)) if lines.leftover().first() == Some(&TLS_HANDSHAKE_RECORD) => {
+            return Err(
+                ProtoError::Unexpected("a TLS ClientHello, but this port runs tls=0").into(),
+            )
+        }
+        Err(e) => return Err(e),
     };
     let Some(key) = pick(kind) else {
         refuse(s, 401, "connection kind not served here").await;
@@ -97,6 +108,10 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Why a client gave up when the answer to its `hello` is no line of ours.
+/// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
+/// never does.
+pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 const FOREIGN: &str = "the server's answer is not an edgepass challenge (another program, or \
                        an edgepass of another protocol version: update both ends)";
 

@@ -42,11 +42,6 @@ pub(crate) use users::accept_users;
 #[cfg(feature = "udp")]
 pub(crate) use users::take_pool;
 
-/// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
-/// never does.
-#[cfg(feature = "tls")]
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
 pub(crate) struct Inner {
     pub cfg: Config,
     /// `None` for the ingress of a forward-flow client, which authenticates nobody.
@@ -389,7 +384,7 @@ pub(crate) async fn transport(
         if s.peek(&mut first).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
-        if first[0] == TLS_HANDSHAKE_RECORD {
+        if first[0] == crate::handshake::TLS_HANDSHAKE_RECORD {
             let (conn, fp) = tls.accept(s).await?;
             return Ok((conn, tls.mode(), Some(fp)));
         }

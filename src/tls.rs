@@ -247,13 +247,35 @@ fn self_signed() -> Result<(Arc<ServerConfig>, Fingerprint)> {
     Ok((config, fp))
 }
 
+/// A PEM error in words (the library shows the marker or line it names as byte values).
+pub(crate) fn pem_words(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    let text = |b: &[u8]| {
+        let t = String::from_utf8_lossy(b);
+        t.chars().take(80).collect::<String>()
+    };
+    match e {
+        E::MissingSectionEnd { end_marker } => {
+            format!(
+                "no -----END {}----- line; is the file cut short?",
+                text(end_marker)
+            )
+        }
+        E::IllegalSectionStart { line } => format!("bad BEGIN line {:?}", text(line)),
+        e => e.to_string(),
+    }
+}
+
 /// tls=2: read and check the chain and key; `now` in Unix seconds decides expiry.
 fn load_files(crt: &str, key: &str, now: i64) -> Result<(Arc<ServerConfig>, Fingerprint)> {
     let pem = std::fs::read(crt)
         .map_err(|e| file_err(crt, format!("cannot read the certificate file ({e})")))?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| file_err(crt, format!("certificate file is not valid PEM ({e})")))?;
+        .map_err(|e| {
+            let e = pem_words(&e);
+            file_err(crt, format!("certificate file is not valid PEM ({e})"))
+        })?;
     let leaf = chain
         .first()
         .ok_or_else(|| file_err(crt, "no CERTIFICATE block in the certificate file"))?;
@@ -282,7 +304,10 @@ fn load_files(crt: &str, key: &str, now: i64) -> Result<(Arc<ServerConfig>, Fing
         rustls::pki_types::pem::Error::NoItemsFound => {
             file_err(key, "no PRIVATE KEY block in the key file")
         }
-        e => file_err(key, format!("key file is not valid PEM ({e})")),
+        e => file_err(
+            key,
+            format!("key file is not valid PEM ({})", pem_words(&e)),
+        ),
     })?;
     let config = server_config(chain, der).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => file_err(

@@ -275,6 +275,18 @@ fn a_visitor_with_the_wrong_key_logs_why() {
     });
 }
 
+/// A tunnel client (no `name=`) pointed at a relay is told what it probably missed.
+#[test]
+fn a_client_without_name_at_a_relay_is_told_why() {
+    smol::block_on(async {
+        let relay = Relay::start("relay://k@127.0.0.1:0").await;
+        let url = format!("client://k@{}/127.0.0.1:22", relay.addr);
+        let (_client, lines) = common::bin::spawn(&url, &[]);
+        let why = common::bin::wait_line(&lines, "cannot open a session");
+        assert!(why.contains("(401) (is it a relay?"), "{why}");
+    });
+}
+
 #[test]
 fn wrong_key_gives_202() {
     smol::block_on(async {

@@ -429,3 +429,20 @@ fn bad_files_exit_2_naming_the_file() {
         "edgepass: the server configuration is valid"
     );
 }
+
+/// A client that insists on TLS (`tls=1`) at a server without it: each side says what is
+/// wrong, rather than "unknown signal" on the server.
+#[test]
+fn a_tls_client_at_a_plain_server_is_named_on_both_sides() {
+    use common::bin::{server_addrs, spawn, wait_line};
+    let (_server, server_log) = spawn("server://k@127.0.0.1:0/127.0.0.1:0", &[]);
+    let (tunnel, _) = server_addrs(&wait_line(&server_log, "tunnel on"));
+    let (_client, client_log) = spawn(&format!("client://k@{tunnel}/127.0.0.1:22?tls=1"), &[]);
+    let line = wait_line(&server_log, "refused");
+    assert!(
+        line.contains("a TLS ClientHello, but this port runs tls=0"),
+        "{line}"
+    );
+    let line = wait_line(&client_log, "cannot open a session");
+    assert!(line.contains("(is it tls=0?)"), "{line}");
+}

@@ -210,7 +210,10 @@ fn load_roots(path: &str) -> Result<RootCertStore> {
         .map_err(|e| file_err(path, format!("cannot read the CA file ({e})")))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, format!("CA file is not valid PEM ({e})")))?;
+        .map_err(|e| {
+            let e = crate::tls::pem_words(&e);
+            file_err(path, format!("CA file is not valid PEM ({e})"))
+        })?;
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {

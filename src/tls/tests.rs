@@ -121,12 +121,20 @@ fn bad_files_are_refused_with_their_name() {
         0,
     );
     let empty = d.write("empty.pem", "nothing here\n", 0);
+    let cut = &good_pem[..good_pem.len() / 2];
+    let cut = d.write("cut.crt", cut, 0);
     let other_key = d.write("other.key", &other.serialize_pem(), 0);
     let (expired, _) = cert(&kp, 2010, 2020);
     let expired = d.write("expired.crt", &expired, 0);
     let (future, _) = cert(&kp, 2030, 2040);
     let future = d.write("future.crt", &future, 0);
-    let cases: [(&str, &str, &str, &[&str]); 9] = [
+    let cases: [(&str, &str, &str, &[&str]); 10] = [
+        (
+            &cut,
+            &key,
+            &cut,
+            &["no -----END CERTIFICATE----- line; is the file cut short?"],
+        ),
         (
             &missing,
             &key,
