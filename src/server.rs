@@ -224,6 +224,12 @@ impl Server {
             (true, true) => "UDP",
             (true, false) => "nothing (notcp=1, and UDP off)",
         };
+        if users.is_some() && inner.cfg.proxy != 0 {
+            log::warn!(
+                "proxy={} is read by the side that dials the target, here the client: set it in the client's URL",
+                inner.cfg.proxy
+            );
+        }
         match &users {
             Some(u) => log::info!(
                 "server: tunnel on {}, users on {} ({proto})",

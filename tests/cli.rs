@@ -331,3 +331,11 @@ fn only_a_tunnel_without_a_key_is_warned_about() {
         "{forwarder:?}"
     );
 }
+
+/// `proxy=` on a reverse-flow server does nothing (the client dials the target): it says so.
+#[test]
+fn proxy_on_a_reverse_flow_server_is_pointed_to_the_client() {
+    let (_server, lines) = spawn("server://k@127.0.0.1:0/127.0.0.1:0?proxy=1", &[]);
+    let line = wait_line(&lines, "proxy=1");
+    assert!(line.contains("set it in the client's URL"), "{line}");
+}

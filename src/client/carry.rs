@@ -153,6 +153,7 @@ async fn serve_chunked(
     let chunks = (copy::Pool::A, dechunk);
     match copy::chunked(conn, &mut target, chunks, inner.user_copy()).await {
         Ok((up, down)) => {
+            let up = up + payload.len() as u64;
             log::debug!("client: user {peer} done: {up} B up, {down} B down");
             true
         }
@@ -204,7 +205,10 @@ pub(crate) async fn serve_tcp(
     };
     let splice = inner.cfg.tuning.splice;
     match copy::conns(&mut conn, &mut target, inner.user_copy(), splice).await {
-        Ok((up, down)) => log::debug!("client: user {peer} done: {up} B up, {down} B down"),
+        Ok((up, down)) => {
+            let up = up + early.len() as u64;
+            log::debug!("client: user {peer} done: {up} B up, {down} B down")
+        }
         Err(e) => log::debug!("client: user {peer} ended: {e}"),
     }
 }
