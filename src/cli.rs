@@ -123,6 +123,14 @@ QUERY KEYS (default in brackets):
     and --log --tls --crt --slot --read --rate --dial --dns and each relay key above as
     --NAME VALUE.
 
+MODES (mode=):
+    0  server: reverse flow (users connect to its target address), or forward flow if it
+       cannot bind there; client: as 1 if it has no key (URL or EDGEPASS_KEY), tls=1|2,
+       ca, sni or name and its address binds here, else a tunnel client
+    1  server: reverse flow only; client: single-end TCP+UDP forwarder, no server
+    2  server: forward flow (the client listens on its target address, the server dials
+       its own target); client: always a tunnel client
+
 ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     EDGEPASS_KEY                the key when the URL has none (keeps it off the command line)
     SEMAPHORE_LIMIT [65536]     TCP_DATA_BUF_SIZE [16384]   UDP_DATA_BUF_SIZE [65535]

@@ -209,6 +209,16 @@ fn help_text() {
     for line in HELP.lines() {
         assert!(line.chars().count() < 100, "too long: {line}");
     }
+    // A section the text points to ("see MODES below") is there.
+    for (i, _) in HELP.match_indices("see ") {
+        let section = HELP[i + 4..].split(' ').next().unwrap_or_default();
+        if section.chars().all(|c| c.is_ascii_uppercase()) {
+            assert!(
+                HELP.contains(&format!("\n{section}")),
+                "no {section} section"
+            );
+        }
+    }
     let keys = [
         "log=",
         "tls=",
