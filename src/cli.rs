@@ -133,7 +133,7 @@ MODES (mode=):
 
 ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     EDGEPASS_KEY                the key when the URL has none (keeps it off the command line)
-    SEMAPHORE_LIMIT [65536]     TCP_DATA_BUF_SIZE [16384]   UDP_DATA_BUF_SIZE [65535]
+    SEMAPHORE_LIMIT [256]       TCP_DATA_BUF_SIZE [16384]   UDP_DATA_BUF_SIZE [65535]
     HANDSHAKE_TIMEOUT [5s]      TCP_DIAL_TIMEOUT [5s]       UDP_READ_TIMEOUT [30s]
     POOL_GET_TIMEOUT [5s]       MIN_POOL_INTERVAL [100ms]   MAX_POOL_INTERVAL [1s]
     REPORT_INTERVAL [5s]        SERVICE_COOLDOWN [3s]       SHUTDOWN_TIMEOUT [5s]
@@ -141,8 +141,9 @@ ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     TCP_SPLICE [1]              (0: copy plain TCP through user-space buffers, not splice(2))
     TCP_KEEPALIVE [60s]         (0: off; probes for accepted connections silent that long)
     POOL_REUSE [2]              (pool connections carry user after user: 0 no, 1 TLS ones, 2 all)
-    SEMAPHORE_LIMIT: connections mid-handshake at once per listening port, at most 256;
-                                a new one past it closes the oldest pending one
+    SEMAPHORE_LIMIT: connections mid-handshake at once per listening port, at most 256
+                                (a larger one, up to 1048576, acts as 256); a new connection
+                                past it closes the oldest pending one
 
 EXIT CODES:
     0 success (or stopped by a signal), 1 runtime failure, 2 bad usage or configuration
