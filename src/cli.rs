@@ -132,7 +132,6 @@ MODES (mode=):
        its own target); client: always a tunnel client
 
 ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
-    EDGEPASS_KEY                the key when the URL has none (keeps it off the command line)
     SEMAPHORE_LIMIT [256]       TCP_DATA_BUF_SIZE [16384]   UDP_DATA_BUF_SIZE [65535]
     HANDSHAKE_TIMEOUT [5s]      TCP_DIAL_TIMEOUT [5s]       UDP_READ_TIMEOUT [30s]
     POOL_GET_TIMEOUT [5s]       MIN_POOL_INTERVAL [100ms]   MAX_POOL_INTERVAL [1s]
@@ -144,6 +143,9 @@ ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     SEMAPHORE_LIMIT: connections mid-handshake at once per listening port, at most 256
                                 (a larger one, up to 1048576, acts as 256); a new connection
                                 past it closes the oldest pending one
+  Read as NAME only (no NP_ form):
+    EDGEPASS_KEY                the key when the URL has none (keeps it off the command line)
+    SSL_CERT_FILE               CA roots for tls=2 without ca=, tried before the system bundle
 
 EXIT CODES:
     0 success (or stopped by a signal), 1 runtime failure, 2 bad usage or configuration
