@@ -148,7 +148,8 @@ ENVIRONMENT (NP_NAME is read first, then NAME; the URL wins over both):
     SSL_CERT_FILE               CA roots for tls=2 without ca=, tried before the system bundle
 
 EXIT CODES:
-    0 success (or stopped by a signal), 1 runtime failure, 2 bad usage or configuration
+    0 success (or stopped by a signal), 1 runtime failure, 2 bad usage or configuration;
+    a second signal while open connections finish exits at once with 1, cutting them
 "#
 );
 

@@ -1,7 +1,8 @@
 //! The `edgepass` binary: parse the command line, set up logging, run the role.
 //!
 //! Exit codes: 0 after a clean stop, 1 when the role fails at run time (for example the port
-//! is taken), 2 for bad usage or configuration (nothing is started).
+//! is taken) or a second stop signal cuts the drain short, 2 for bad usage or configuration
+//! (nothing is started).
 
 use std::process::ExitCode;
 
@@ -75,13 +76,16 @@ fn main() -> ExitCode {
         match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
             Ok(mut signals) => {
                 let sd = shutdown.clone();
+                let stats = node.stats();
                 edgepass::rt::spawn(async move {
                     if let Some(Ok(sig)) = signals.next().await {
                         log::info!("{sig:?}: stopping; open connections may finish");
                         sd.trigger();
                     }
-                    // A second signal stops at once.
+                    // A second signal stops at once, with code 1: the drain was cut short.
                     if signals.next().await.is_some() {
+                        let open = stats.active();
+                        log::warn!("second signal: exiting now, {open} connections cut");
                         std::process::exit(1);
                     }
                 })

@@ -1,5 +1,6 @@
 //! The real binary: bad command lines exit 2 with one line naming the bad part, `--help` and
-//! `--version`, and SIGTERM stops accepting, lets open connections finish, and exits 0.
+//! `--version`, and SIGTERM stops accepting, lets open connections finish, and exits 0 (a
+//! second one exits at once with 1).
 
 mod common;
 
@@ -276,6 +277,40 @@ fn sigterm_waits_at_most_shutdown_timeout_for_open_connections() {
         let _ = within(WAIT, s.read_to_end(&mut rest))
             .await
             .expect("still open");
+        b.client.term();
+        assert_eq!(
+            b.client.exit_within(Duration::from_secs(5)),
+            Some(0),
+            "client exit"
+        );
+    });
+}
+
+/// A second signal while a connection holds the stop back exits at once with code 1, and one
+/// line says how many connections it cut.
+#[test]
+fn a_second_signal_exits_at_once_with_code_1() {
+    smol::block_on(async {
+        let (target, _echo) = echo_server();
+        let env = &[("SHUTDOWN_TIMEOUT", "30s")];
+        let mut b = binaries(target, env);
+        let mut s = Async::<TcpStream>::connect(b.public)
+            .await
+            .expect("connect");
+        s.write_all(b"hi").await.expect("write");
+        let mut two = [0u8; 2];
+        within(WAIT, s.read_exact(&mut two))
+            .await
+            .expect("no echo")
+            .expect("read");
+
+        b.server.term();
+        wait_line(&b.slog, "stopping");
+        let signalled = Instant::now();
+        b.server.term();
+        assert_eq!(b.server.exit_within(Duration::from_secs(5)), Some(1));
+        assert!(signalled.elapsed() < Duration::from_secs(5));
+        wait_line(&b.slog, "second signal: exiting now, 1 connections cut");
         b.client.term();
         assert_eq!(
             b.client.exit_within(Duration::from_secs(5)),
