@@ -2,11 +2,16 @@
 # Build edgepass, then run a real tunnel on this machine and show bytes crossing it:
 #   target (a tiny echo service) <- client <-> server <- user
 # Usage: tests/demo.sh            (needs cargo and python3; uses free loopback ports only)
+# The binary is taken from $CARGO_TARGET_DIR when that is set, as cargo builds it there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --locked --quiet
-BIN=target/release/edgepass
+BIN=${CARGO_TARGET_DIR:-target}/release/edgepass
+if [ ! -x "$BIN" ]; then
+  echo "demo.sh: the build left no binary at $BIN; set CARGO_TARGET_DIR to cargo's target directory" >&2
+  exit 1
+fi
 WORK=$(mktemp -d)
 pids=()
 cleanup() {
