@@ -107,11 +107,11 @@ pub async fn accept_keyed<'k, S: AsyncRead + AsyncWrite + Unpin>(
     Ok(Hello { kind, sid })
 }
 
-/// Why a client gave up when the answer to its `hello` is no line of ours.
 /// The first byte of a TLS handshake record: a ClientHello starts with it, a `hello` line
 /// never does.
 pub(crate) const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Why a client gave up when the answer to its `hello` is no line of ours.
 const FOREIGN: &str = "the server's answer is not an edgepass challenge (another program, or \
                        an edgepass of another protocol version: update both ends)";
 
