@@ -241,23 +241,32 @@ fn sigterm_stops_accepting_and_lets_a_transfer_finish() {
     });
 }
 
+/// A server and a client with `SHUTDOWN_TIMEOUT` set to `shutdown`, and a user connection
+/// through them that has had its first echo and stays open.
+async fn tunnel_with_a_user_open(
+    target: SocketAddr,
+    shutdown: &str,
+) -> (Binaries, Async<TcpStream>) {
+    let b = binaries(target, &[("SHUTDOWN_TIMEOUT", shutdown)]);
+    let mut s = Async::<TcpStream>::connect(b.public)
+        .await
+        .expect("connect");
+    s.write_all(b"hi").await.expect("write");
+    let mut two = [0u8; 2];
+    within(WAIT, s.read_exact(&mut two))
+        .await
+        .expect("no echo")
+        .expect("read");
+    (b, s)
+}
+
 /// A connection that stays open holds the exit back for `SHUTDOWN_TIMEOUT` (1 s here), no
 /// longer; the exit code is still 0.
 #[test]
 fn sigterm_waits_at_most_shutdown_timeout_for_open_connections() {
     smol::block_on(async {
         let (target, _echo) = echo_server();
-        let env = &[("SHUTDOWN_TIMEOUT", "1s")];
-        let mut b = binaries(target, env);
-        let mut s = Async::<TcpStream>::connect(b.public)
-            .await
-            .expect("connect");
-        s.write_all(b"hi").await.expect("write");
-        let mut two = [0u8; 2];
-        within(WAIT, s.read_exact(&mut two))
-            .await
-            .expect("no echo")
-            .expect("read");
+        let (mut b, mut s) = tunnel_with_a_user_open(target, "1s").await;
 
         let signalled = Instant::now();
         b.server.term();
@@ -292,17 +301,7 @@ fn sigterm_waits_at_most_shutdown_timeout_for_open_connections() {
 fn a_second_signal_exits_at_once_with_code_1() {
     smol::block_on(async {
         let (target, _echo) = echo_server();
-        let env = &[("SHUTDOWN_TIMEOUT", "30s")];
-        let mut b = binaries(target, env);
-        let mut s = Async::<TcpStream>::connect(b.public)
-            .await
-            .expect("connect");
-        s.write_all(b"hi").await.expect("write");
-        let mut two = [0u8; 2];
-        within(WAIT, s.read_exact(&mut two))
-            .await
-            .expect("no echo")
-            .expect("read");
+        let (mut b, _s) = tunnel_with_a_user_open(target, "30s").await;
 
         b.server.term();
         wait_line(&b.slog, "stopping");

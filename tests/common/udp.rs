@@ -113,3 +113,18 @@ impl UdpFlood {
         }
     }
 }
+
+/// Flood `to` (UDP) until the role's `stats` count 100,000 bytes of it, then make one TCP round
+/// trip to `to` while the flood goes on: it must finish within 5 s with the bytes intact.
+pub async fn tcp_is_served_during_a_flood(to: SocketAddr, stats: &edgepass::stats::Stats) {
+    let flood = UdpFlood::start(to);
+    super::wait_until("the flood goes through", || stats.udp_rx.get() > 100_000).await;
+    let data = super::pattern(4096, 3);
+    let echoed = super::within(Duration::from_secs(5), super::round_trip(to, &data)).await;
+    flood.stop();
+    assert_eq!(
+        echoed.as_deref(),
+        Some(&data[..]),
+        "a TCP round trip during the flood"
+    );
+}
