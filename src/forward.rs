@@ -144,6 +144,7 @@ mod flows {
 
     use crate::client::Inner;
     use crate::stats::ActiveGuard;
+    use crate::timeout::within;
     use crate::udp::flows::RecvBudget;
     use crate::util::RateLimit;
 
@@ -268,11 +269,7 @@ mod flows {
         let idle_ms = idle.as_millis().min(u32::MAX as u128) as u32;
         let mut last_rx = ms(epoch);
         loop {
-            let got = async { Some(flow.sock.recv(&mut buf).await) }
-                .or(async {
-                    Timer::after(idle).await;
-                    None
-                })
+            let got = within(idle, flow.sock.recv(&mut buf))
                 .or(async {
                     inner.shutdown.wait().await;
                     None
