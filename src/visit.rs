@@ -176,22 +176,19 @@ async fn await_circuit(
     name: &str,
 ) -> Result<()> {
     let reply = async {
-        Ok(match lines.next(conn).await? {
+        match lines.next(conn).await? {
             Signal::Circuit { .. } => Ok(()),
-            Signal::Err { code, text } => Err((code, text.to_owned())),
-            _ => return Err(ProtoError::Unexpected("expected circuit").into()),
-        })
+            Signal::Err { code, text } => {
+                // The callers log the refusal in words; the relay's own go to debug.
+                log::debug!("visit: the relay's words for its {code} about {name}: {text}");
+                Err(ProtoError::Refused(code).into())
+            }
+            _ => Err(ProtoError::Unexpected("expected circuit").into()),
+        }
     };
     // The relay may wait POOL_GET_TIMEOUT for the device's pool before it answers.
     let limit = inner.cfg.tuning.handshake_timeout + inner.cfg.tuning.pool_get_timeout;
-    let reply = bounded(limit, "circuit reply", reply).await?;
-    match reply {
-        Ok(()) => Ok(()),
-        Err((code, text)) => {
-            log::debug!("visit: the relay's words for its {code} about {name}: {text}");
-            Err(ProtoError::Refused(code).into())
-        }
-    }
+    bounded(limit, "circuit reply", reply).await
 }
 
 async fn local_conn(
